@@ -1,0 +1,116 @@
+"""Defaults shared by every experiment config. Each experiment file overrides what differs.
+
+Sections: `data` (data set, tokenizer, input pipeline), `model` (widths and switches of every
+network), `damsm` / `stream` / `train` (the three training stages), `eval`, `sample`.
+Read only by `main.py` and the stage drivers; modules receive plain typed fields.
+"""
+
+import ml_collections
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.mixed_precision = "float32"  # or "bfloat16": activations/convs in bf16, params/losses f32
+
+    # ---- data ----
+    d = c.data = ml_collections.ConfigDict()
+    d.name = "shapes"  # shapes | cub | coco
+    d.manual_dir = ""  # folder the user supplies (cub/coco); unused by shapes
+    d.data_dir = ""  # where prepared tfds shards live; "" -> <workdir>/data
+    d.overwrite = False  # --mode=prepare rebuilds an existing prepared set only when True
+    d.skip_corrupt = False  # skip (and count) unreadable images instead of failing
+    d.allow_fewer_captions = False  # accept caption files with < captions_per_image lines
+    d.captions_per_image = 10
+    d.words_num = 18  # T: captions are zero-padded / cut to this many tokens
+    d.long_caption = "subset"  # "subset" (official random ordered subset) | "truncate"
+    d.tokenizer = "sentencepiece"  # "sentencepiece" | "attngan"
+    d.vocab_size = 0  # sentencepiece vocabulary size (0 -> sized from the corpus)
+    d.shuffle_buffer = 2048
+    d.prefetch = 2
+    d.random_crop = True  # official 76/64 rescale + random crop + flip (also at test time)
+    d.shapes = ml_collections.ConfigDict(
+        dict(num_train=20000, num_test=2000, num_test_novel=1000, image_size=64, seed=1234)
+    )
+
+    # ---- model (SPEC sections 2-7) ----
+    m = c.model = ml_collections.ConfigDict()
+    m.n_words = 0  # 0 -> taken from the prepared tokenizer; set for describe/import
+    m.word_embedding_dim = 300  # RNN_ENCODER ninput (constructor default)
+    m.text_embedding_dim = 256  # TEXT.EMBEDDING_DIM (nef)
+    m.text_dropout = 0.5
+    m.gf_dim = 32
+    m.df_dim = 64
+    m.z_dim = 100
+    m.condition_dim = 100
+    m.r_num = 2
+    m.branch_num = 3  # stages: 64 / 128 / 256
+    m.base_size = 64
+    m.word_attention_mask = "official"  # "official" (SPEC 12.1 quirk) | "per_sample"
+    m.sentence_attention_softmax = "channel"  # "channel" (official) | "spatial"
+    m.sentence_attention = True  # False: the ablation without sentence-level attention
+    m.stream_backbone = "resnet152"  # resnet152 | resnet50 | resnet18 | resnet_tiny
+    m.stream_embed_size = 256  # CAP.embed_size
+    m.stream_hidden_size = 256  # CAP.hidden_size (the LSTM uses 2x)
+    m.stream_image_size = 224
+    m.damsm_backbone = "inception_v3"  # inception_v3 | tiny
+    m.damsm_image_size = 299
+
+    # ---- DAMSM pretraining (SPEC 2, 8b) ----
+    dm = c.damsm = ml_collections.ConfigDict()
+    dm.batch_size = 48
+    dm.epochs = 600
+    dm.steps = 0  # >0 overrides epochs
+    dm.lr = 0.002
+    dm.lr_decay = 0.98  # per epoch while lr > lr_min
+    dm.lr_min = 0.0002
+    dm.grad_clip = 0.25
+    dm.gamma1 = 4.0
+    dm.gamma2 = 5.0
+    dm.gamma3 = 10.0
+    dm.checkpoint_every = 1000
+    dm.log_every = 100
+    dm.weights = ""  # imported text/image encoder checkpoint dir (skips pretraining)
+
+    # ---- STREAM pretraining (SPEC 6, 16.3) ----
+    st = c.stream = ml_collections.ConfigDict()
+    st.batch_size = 128
+    st.epochs = 5
+    st.steps = 0
+    st.lr = 1e-3
+    st.freeze_backbone = True  # frozen when ImageNet weights are supplied
+    st.backbone_weights = ""  # ImageNet ResNet weights (.npz / .pth)
+    st.checkpoint_every = 1000
+    st.log_every = 100
+
+    # ---- MirrorGAN training (SPEC 8, 9) ----
+    t = c.train = ml_collections.ConfigDict()
+    t.batch_size = 12
+    t.epochs = 600
+    t.steps = 0
+    t.lr_g = 2e-4
+    t.lr_d = 2e-4
+    t.beta1 = 0.5
+    t.beta2 = 0.999
+    t.ema_decay = 0.999
+    t.lambda1 = 10.0  # STREAM weight (TRAIN.SMOOTH.LAMBDA1)
+    t.checkpoint_every = 2000
+    t.keep_checkpoints = 3
+    t.log_every = 100
+    t.image_every = 1000
+
+    # ---- evaluation / sampling ----
+    e = c.eval = ml_collections.ConfigDict()
+    e.num_images = 30000
+    e.split = "test"
+    e.batch_size = 50
+    e.words_num = 25
+    e.r_precision_candidates = 100
+    e.r_precision_folds = 10
+    e.inception_weights = ""
+    e.classifier_steps = 2000
+
+    s = c.sample = ml_collections.ConfigDict()
+    s.num_samples = 1
+    s.batch_size = 16
+    return c

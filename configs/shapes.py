@@ -1,0 +1,64 @@
+"""The offline `shapes` data set: the default experiment, sized for a 2-core CPU.
+
+Two stages (32 -> 64 px) so that word- and sentence-level attention are exercised; small widths;
+a small ResNet for STREAM and a small CNN for the DAMSM image encoder. The two quirks of the
+official code are fixed here (per-sample word mask, as SPEC 16.1 decides).
+
+  python -m mirrorgan_jax.main --config=configs/shapes.py --workdir=runs/shapes
+  python -m mirrorgan_jax.main --config=configs/shapes.py:quick --workdir=runs/quick   # minutes
+  (the `:test` preset is what the test suite uses)
+"""
+
+from configs import common
+
+
+def get_config(arg: str = ""):
+    c = common.get_base_config()
+    c.data.name = "shapes"
+    c.data.tokenizer = "sentencepiece"
+    c.data.vocab_size = 0
+    c.data.captions_per_image = 10
+    c.data.words_num = 12
+    c.data.shapes.image_size = 64
+
+    m = c.model
+    m.word_embedding_dim = 64
+    m.text_embedding_dim = 64
+    m.gf_dim, m.df_dim, m.z_dim, m.condition_dim, m.r_num = 16, 16, 32, 32, 1
+    m.branch_num, m.base_size = 2, 32
+    m.word_attention_mask = "per_sample"
+    m.sentence_attention_softmax = "channel"
+    m.stream_backbone = "resnet_tiny"
+    m.stream_embed_size, m.stream_hidden_size, m.stream_image_size = 64, 64, 64
+    m.damsm_backbone = "tiny"
+    m.damsm_image_size = 64
+
+    c.damsm.batch_size, c.damsm.steps, c.damsm.checkpoint_every = 32, 1500, 500
+    c.stream.batch_size, c.stream.steps, c.stream.checkpoint_every = 32, 1500, 500
+    c.stream.freeze_backbone = False
+    c.train.batch_size, c.train.steps, c.train.checkpoint_every = 16, 4000, 500
+    c.train.log_every, c.train.image_every = 50, 500
+    c.eval.num_images, c.eval.batch_size, c.eval.words_num = 2000, 50, 12
+    c.eval.classifier_steps = 1500
+
+    if arg == "quick":
+        c.data.shapes.update(num_train=2000, num_test=200, num_test_novel=100)
+        c.damsm.steps = c.stream.steps = 150
+        c.train.steps = 300
+        c.damsm.checkpoint_every = c.stream.checkpoint_every = c.train.checkpoint_every = 100
+        c.train.log_every, c.train.image_every = 25, 100
+        c.eval.num_images, c.eval.classifier_steps = 200, 300
+    elif arg == "test":
+        c.data.shapes.update(num_train=64, num_test=16, num_test_novel=16)
+        m.word_embedding_dim = m.text_embedding_dim = 16
+        m.gf_dim, m.df_dim, m.z_dim, m.condition_dim = 4, 4, 8, 8
+        m.stream_embed_size, m.stream_hidden_size = 8, 8
+        c.damsm.batch_size = c.stream.batch_size = c.train.batch_size = 8
+        c.damsm.steps = c.stream.steps = c.train.steps = 4
+        c.damsm.checkpoint_every = c.stream.checkpoint_every = c.train.checkpoint_every = 2
+        c.train.log_every, c.train.image_every = 2, 4
+        c.eval.num_images, c.eval.batch_size, c.eval.classifier_steps = 16, 8, 4
+        c.data.shuffle_buffer = 64
+    elif arg:
+        raise ValueError(f"configs/shapes.py: unknown preset {arg!r}; expected '', 'quick' or 'test'")
+    return c
