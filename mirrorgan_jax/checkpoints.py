@@ -1,0 +1,364 @@
+"""Orbax checkpoints of train states, with safety checks, and a preemption (SIGTERM) flag.
+
+Layout of `directory` (one Orbax `CheckpointManager`):
+  <step>/state   the state pytree (any device layout; restored onto the target's shardings)
+  <step>/meta    JSON: {"step", "user": the caller's meta dict, "model_config": shape config}
+Saves are asynchronous; Orbax writes each step into a temporary directory and renames it
+when complete, so an interrupted save is never listed (stale temporary directories are removed
+when the next Checkpointer opens the directory). Every process must call `save`/`restore`.
+
+Safety:
+  * `save` refuses non-finite values (`NonFiniteError` naming the step and the first bad leaf),
+    before anything is written, so the previous checkpoint stays the latest.
+  * The model-shape config (e.g. `config.model.to_dict()`) given to the Checkpointer is stored
+    in every checkpoint; restoring, or saving into a directory whose latest checkpoint has a
+    different one, raises `ConfigMismatchError` listing every differing key with both values.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+_ABSENT = "<absent>"
+
+
+class NonFiniteError(ValueError):
+    """A state to be saved holds NaN or Inf."""
+
+
+class ConfigMismatchError(ValueError):
+    """A checkpoint was written with a different model-shape config."""
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _key_name(k: Any) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(k, attr):
+            return str(getattr(k, attr))
+    return str(k)
+
+
+def leaf_name(path: tuple) -> str:
+    """'params/Dense_0/kernel' for a jax key path."""
+    return "/".join(_key_name(k) for k in path) or "<root>"
+
+
+@jax.jit
+def _finite_flags(leaves: tuple) -> jax.Array:
+    return jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])
+
+
+def first_non_finite(tree: Any) -> str | None:
+    """Name of the first floating leaf of `tree` that contains NaN/Inf, or None."""
+    named = [
+        (leaf_name(p), x)
+        for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+        if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)
+    ]
+    dev = [(n, x) for n, x in named if isinstance(x, jax.Array)]
+    host = [(n, x) for n, x in named if not isinstance(x, jax.Array)]
+    bad = {n for n, x in host if not np.all(np.isfinite(x))}
+    if dev:
+        flags = _finite_flags(tuple(x for _, x in dev))
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            flags = multihost_utils.process_allgather(flags, tiled=True)
+        bad |= {n for (n, _), ok in zip(dev, np.asarray(flags), strict=True) if not ok}
+    for n, _ in named:
+        if n in bad:
+            return n
+    return None
+
+
+def _flatten_config(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in cfg.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten_config(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """'key: checkpoint X, current Y' for every (dotted) key whose values differ."""
+    a = _flatten_config(json.loads(json.dumps(saved)))
+    b = _flatten_config(json.loads(json.dumps(current)))
+    return [
+        f"{k}: checkpoint {a.get(k, _ABSENT)!r}, current {b.get(k, _ABSENT)!r}"
+        for k in sorted(set(a) | set(b))
+        if a.get(k, _ABSENT) != b.get(k, _ABSENT)
+    ]
+
+
+def meta_differences(saved: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:
+    """`config_differences` restricted to the top-level keys of `expected`."""
+    diffs: list[str] = []
+    for k, v in expected.items():
+        if k not in saved:
+            diffs.append(f"{k}: checkpoint {_ABSENT!r}, current {v!r}")
+        else:
+            diffs += config_differences({k: saved[k]}, {k: v})
+    return diffs
+
+
+def abstract_like(tree: Any, sharding: jax.sharding.Sharding | None = None) -> Any:
+    """ShapeDtypeStruct tree for `restore` (from arrays or `jax.eval_shape` output).
+
+    sharding: put every leaf on this sharding (e.g. `parallel.replicated(mesh)`); None keeps
+    each leaf's own sharding (concrete arrays) or leaves it unset.
+    """
+
+    def one(x):
+        if not hasattr(x, "shape"):
+            return x  # Python scalars are restored as saved
+        s = sharding if sharding is not None else getattr(x, "sharding", None)
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
+
+    return jax.tree.map(one, tree)
+
+
+# ---------------------------------------------------------------------------------------------
+# the checkpointer
+# ---------------------------------------------------------------------------------------------
+
+
+class Checkpointer:
+    """Save/restore train-state pytrees plus JSON meta under `directory`.
+
+    Args:
+      directory: checkpoint root (created if missing).
+      max_to_keep: keep the newest N steps (None: all).
+      save_interval_steps: `save` writes only when step % interval == 0 (unless force).
+      model_config: JSON-able dict of the shape-relevant config (e.g. config.model.to_dict()),
+        stored with every checkpoint and compared on restore; None disables the check.
+      async_save: write in a background thread (call `wait_until_finished`/`close`).
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        max_to_keep: int | None = 3,
+        save_interval_steps: int = 1,
+        model_config: Mapping[str, Any] | None = None,
+        async_save: bool = True,
+    ):
+        self.directory = os.path.abspath(os.fspath(directory))
+        self.model_config = None if model_config is None else json.loads(json.dumps(model_config))
+        self._checked_dir_config = False
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep,
+            save_interval_steps=save_interval_steps,
+            cleanup_tmp_directories=True,
+            enable_async_checkpointing=async_save,
+        )
+        self._manager = ocp.CheckpointManager(
+            self.directory, item_names=("state", "meta"), options=options
+        )
+
+    # -- queries ---------------------------------------------------------------------------
+    def latest_step(self) -> int | None:
+        """Newest complete step, or None."""
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        """All complete steps, ascending."""
+        return sorted(self._manager.all_steps())
+
+    def _read_meta(self, step: int) -> dict[str, Any]:
+        r = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(r.meta)
+
+    def _check_config(self, step: int, saved: Mapping[str, Any]) -> None:
+        stored = saved.get("model_config")
+        if self.model_config is None or stored is None:
+            return
+        diffs = config_differences(stored, self.model_config)
+        if diffs:
+            raise ConfigMismatchError(
+                f"checkpoint {self.directory} step {step} was written with a different model "
+                "config (use another workdir, or the matching config):\n  " + "\n  ".join(diffs)
+            )
+
+    # -- save ------------------------------------------------------------------------------
+    def save(
+        self, step: int, state: Any, meta: Mapping[str, Any] | None = None, force: bool = False
+    ) -> bool:
+        """Save `state` (any pytree of arrays) and `meta` (JSON-able dict) as `step`.
+
+        Returns True if a save was started; False when the interval skips this step or the
+        step already exists. Raises NonFiniteError (nothing written) on NaN/Inf, TypeError for
+        non-JSON meta, ConfigMismatchError when the directory holds another model config.
+        """
+        step = int(step)
+        if step in self._manager.all_steps():
+            log.info(
+                "checkpoint step %d already exists in %s; not saved again", step, self.directory
+            )
+            return False
+        if not force and not self._manager.should_save(step):
+            return False
+        if not self._checked_dir_config:
+            latest = self.latest_step()
+            if latest is not None:
+                self._check_config(latest, self._read_meta(latest))
+            self._checked_dir_config = True
+        bad = first_non_finite(state)
+        if bad is not None:
+            raise NonFiniteError(
+                f"refusing to save checkpoint step {step} in {self.directory}: leaf '{bad}' "
+                "contains NaN or Inf (the previous checkpoint is kept)"
+            )
+        payload = {"step": step, "user": dict(meta or {}), "model_config": self.model_config}
+        try:
+            json.dumps(payload)
+        except TypeError as e:
+            raise TypeError(f"checkpoint meta for step {step} is not JSON-serialisable: {e}") from e
+        return self._manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(payload)
+            ),
+            force=True,
+        )
+
+    # -- restore ---------------------------------------------------------------------------
+    def restore(
+        self, step: int | None, target: Any, expected_meta: Mapping[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        """Restore `step` (None: latest) onto `target`.
+
+        target: a pytree of the state's type whose leaves are `jax.ShapeDtypeStruct`s with the
+          wanted shardings (see `abstract_like`), or concrete arrays (their shardings are
+          used). The device count may differ from the one that saved.
+        expected_meta: entries the saved meta must hold with equal values, e.g.
+          {"model": config.model.to_dict()}; each top-level key is compared as a whole
+          (nested keys dotted in the error); other saved keys (step, data position) are free.
+        Returns (state, meta) where meta is the dict given to `save`.
+        Raises FileNotFoundError when there is no checkpoint, ConfigMismatchError (the
+        constructor's model_config or expected_meta differs from what was saved).
+        """
+        if step is None:
+            step = self.latest_step()
+            if step is None:
+                raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        elif step not in self._manager.all_steps():
+            raise FileNotFoundError(
+                f"no checkpoint step {step} in {self.directory} (have {self.all_steps()})"
+            )
+        saved = self._read_meta(step)
+        self._check_config(step, saved)
+        if expected_meta:
+            diffs = meta_differences(saved.get("user", {}), expected_meta)
+            if diffs:
+                raise ConfigMismatchError(
+                    f"checkpoint {self.directory} step {step} does not match the current run "
+                    "(use another workdir, or the matching config):\n  " + "\n  ".join(diffs)
+                )
+        abstract = jax.tree.map(
+            lambda x: x if isinstance(x, jax.ShapeDtypeStruct) else abstract_like(x), target
+        )
+        r = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
+            ),
+        )
+        return r.state, dict(r.meta.get("user", {}))
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def wait_until_finished(self) -> None:
+        """Block until pending asynchronous saves are on disk."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Finish pending saves and release the manager."""
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+    def __enter__(self) -> "Checkpointer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# preemption
+# ---------------------------------------------------------------------------------------------
+
+
+class PreemptionHandler:
+    """Sets `.requested` on SIGTERM/SIGINT so a training loop can save and exit cleanly.
+
+    The first signal only sets the flag (and `.signal_received`); a second one is passed to the
+    handler that was installed before (default: terminate / KeyboardInterrupt), so an impatient
+    Ctrl-C twice still stops the program. `close()` restores the previous handlers.
+    Install from the main thread (a Python restriction on signal handlers).
+    """
+
+    def __init__(self, signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT)):
+        self.requested = False
+        self.signal_received: int | None = None
+        self._previous: dict[int, Any] = {}
+        for sig in signals:
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if not self.requested:
+            self.requested = True
+            self.signal_received = signum
+            log.warning("signal %d received: will checkpoint and stop", signum)
+            return
+        prev = self._previous.get(signum, signal.SIG_DFL)
+        if callable(prev):
+            prev(signum, frame)
+        elif prev == signal.SIG_DFL:
+            self.close()
+            os.kill(os.getpid(), signum)
+
+    def sync_requested(self) -> bool:
+        """The flag OR-ed over all processes (call at the same step on every process)."""
+        if jax.process_count() == 1:
+            return self.requested
+        from jax.experimental import multihost_utils
+
+        flags = multihost_utils.process_allgather(np.array([self.requested]))
+        return bool(np.any(flags))
+
+    def close(self) -> None:
+        """Restore the handlers that were installed before."""
+        for sig, prev in self._previous.items():
+            signal.signal(sig, prev if prev is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def __enter__(self) -> "PreemptionHandler":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def install_preemption_handler(
+    signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT),
+) -> PreemptionHandler:
+    """Install a `PreemptionHandler` for `signals`; use as a context manager or call close()."""
+    return PreemptionHandler(signals)

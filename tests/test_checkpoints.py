@@ -1,0 +1,211 @@
+"""Checkpointer: 1 -> 8 device round trip, retention, non-finite refusal, config check, signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from mirrorgan_jax import checkpoints as ck
+from mirrorgan_jax import parallel
+from mirrorgan_jax import train_state as ts
+from mirrorgan_jax.models.layers import TorchBatchNorm
+
+
+class _Net(nn.Module):
+    @nn.compact
+    def __call__(self, x, train):
+        x = nn.Dense(16)(x)
+        x = TorchBatchNorm()(x, train)
+        return nn.Dense(8)(x)
+
+
+_NET = _Net()
+
+
+def _make_state(seed: int = 0) -> ts.GeneratorTrainState:
+    v = _NET.init(jax.random.key(seed), jnp.ones((2, 4)), False)
+    return ts.create_generator_state(_NET.apply, v, learning_rate=1e-3)
+
+
+@jax.jit
+def _step(s):
+    return s.apply_gradients(grads=jax.tree.map(jnp.ones_like, s.params))
+
+
+@pytest.fixture(scope="module")
+def state():
+    return _step(jax.jit(_make_state)())  # non-trivial Adam moments and EMA
+
+
+def _assert_tree_equal(a, b):
+    la, lb = jax.tree_util.tree_flatten_with_path(a)[0], jax.tree_util.tree_flatten_with_path(b)[0]
+    assert [p for p, _ in la] == [p for p, _ in lb]
+    for (p, x), (_, y) in zip(la, lb, strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=str(p))
+
+
+def test_round_trip_and_restore_sharded_onto_8_devices(tmp_path, state):
+    with ck.Checkpointer(tmp_path / "ckpt", model_config={"gf_dim": 8}) as c:
+        assert c.latest_step() is None
+        assert c.save(10, state, {"data_position": 123, "rng": [1, 2]})
+        c.wait_until_finished()
+        assert c.latest_step() == 10
+        # Same layout.
+        restored, meta = c.restore(None, ck.abstract_like(state))
+        assert isinstance(restored, ts.GeneratorTrainState)
+        _assert_tree_equal(restored, state)
+        assert meta == {"data_position": 123, "rng": [1, 2]}
+        assert restored.ema_decay == state.ema_decay
+
+    # 1-device save -> 8-device restore: kernels sharded over 'data', the rest replicated.
+    mesh = parallel.make_mesh()
+
+    def spec(x):
+        return P(None, "data") if x.ndim == 2 and x.shape[1] % 8 == 0 else P()
+
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh, spec(x))),
+        jax.eval_shape(_make_state),
+    )
+    c2 = ck.Checkpointer(tmp_path / "ckpt", model_config={"gf_dim": 8})
+    restored, _ = c2.restore(10, abstract)
+    _assert_tree_equal(restored, state)
+    kernel = restored.params["Dense_1"]["kernel"]
+    assert kernel.sharding.spec == P(None, "data") and len(kernel.addressable_shards) == 8
+    assert restored.opt_state.hyperparams["learning_rate"].sharding.is_fully_replicated
+    # Training continues on the sharded state.
+    nxt = _step(restored)
+    assert int(nxt.step) == 2
+    assert nxt.params["Dense_1"]["kernel"].sharding.spec == P(None, "data")
+    c2.close()
+    with pytest.raises(FileNotFoundError, match="no checkpoint step 7"):
+        ck.Checkpointer(tmp_path / "ckpt").restore(7, abstract)
+    with pytest.raises(FileNotFoundError, match="no checkpoint in"):
+        ck.Checkpointer(tmp_path / "empty").restore(None, abstract)
+
+
+def test_keep_last_n_and_interval(tmp_path):
+    small = {"w": jnp.arange(3.0)}
+    with ck.Checkpointer(tmp_path, max_to_keep=2, save_interval_steps=2) as c:
+        assert c.save(2, small)
+        assert not c.save(3, small)  # not on the interval
+        assert c.save(4, small)
+        assert c.save(5, small, force=True)
+        assert c.save(6, {"w": jnp.arange(3.0) + 6})
+        c.wait_until_finished()
+        assert c.all_steps() == [5, 6]
+        assert not c.save(6, small, force=True)  # existing step: never overwritten
+        out, meta = c.restore(None, ck.abstract_like(small))
+        np.testing.assert_array_equal(out["w"], [6.0, 7.0, 8.0])
+        assert meta == {}
+
+
+def test_non_finite_refused_previous_kept(tmp_path, state):
+    with ck.Checkpointer(tmp_path) as c:
+        assert c.save(1, state)
+        c.wait_until_finished()
+        bad = state.replace(
+            params={
+                **state.params,
+                "Dense_1": {
+                    **state.params["Dense_1"],
+                    "kernel": state.params["Dense_1"]["kernel"].at[0, 0].set(jnp.nan),
+                },
+            }
+        )
+        with pytest.raises(ck.NonFiniteError, match=r"step 2 .*'params/Dense_1/kernel'"):
+            c.save(2, bad, force=True)
+        host_inf = {"a": np.array([1.0, np.inf], np.float32), "i": np.arange(3)}
+        with pytest.raises(ck.NonFiniteError, match="'a'"):
+            c.save(3, host_inf)
+        c.wait_until_finished()
+        assert c.all_steps() == [1]
+        assert sorted(os.listdir(tmp_path)) == ["1"]  # nothing partial left behind
+        restored, _ = c.restore(None, ck.abstract_like(state))
+        _assert_tree_equal(restored, state)
+    assert ck.first_non_finite({"k": jax.random.key(0), "n": jnp.arange(2)}) is None
+
+
+def test_config_mismatch(tmp_path):
+    small = {"w": jnp.ones(2)}
+    with ck.Checkpointer(
+        tmp_path, model_config={"gf_dim": 32, "branch_num": 3, "sub": {"a": 1}}
+    ) as c:
+        c.save(1, small)
+    other = {"gf_dim": 64, "branch_num": 3, "sub": {"a": 2}, "z_dim": 100}
+    c2 = ck.Checkpointer(tmp_path, model_config=other)
+    with pytest.raises(ck.ConfigMismatchError) as e:
+        c2.restore(None, ck.abstract_like(small))
+    msg = str(e.value)
+    assert "gf_dim: checkpoint 32, current 64" in msg
+    assert "sub.a: checkpoint 1, current 2" in msg
+    assert "z_dim: checkpoint '<absent>', current 100" in msg
+    assert "branch_num" not in msg
+    with pytest.raises(ck.ConfigMismatchError):
+        c2.save(2, small)  # refuses to write into a directory of another model
+    c2.close()
+    assert ck.Checkpointer(tmp_path).all_steps() == [1]
+    # Same config (tuples vs lists do not matter) restores.
+    same = ck.Checkpointer(tmp_path, model_config={"gf_dim": 32, "branch_num": 3, "sub": {"a": 1}})
+    out, _ = same.restore(1, ck.abstract_like(small))
+    np.testing.assert_array_equal(out["w"], 1.0)
+    with pytest.raises(TypeError, match="not JSON-serialisable"):
+        same.save(2, small, {"bad": object()})
+    same.close()
+
+
+def test_expected_meta_check(tmp_path):
+    small = {"w": jnp.ones(2)}
+    model = {"gf_dim": 32, "sizes": [64, 128]}
+    with ck.Checkpointer(tmp_path) as c:
+        c.save(3, small, {"model": model, "step": 3, "data_position": 7})
+    c = ck.Checkpointer(tmp_path)
+    out, meta = c.restore(None, ck.abstract_like(small), expected_meta={"model": model})
+    assert meta["data_position"] == 7
+    with pytest.raises(ck.ConfigMismatchError) as e:
+        c.restore(
+            3,
+            ck.abstract_like(small),
+            expected_meta={"model": {"gf_dim": 48, "sizes": [64, 128]}, "tag": "x"},
+        )
+    msg = str(e.value)
+    assert "model.gf_dim: checkpoint 32, current 48" in msg and "tag: checkpoint '<absent>'" in msg
+    assert "sizes" not in msg and "data_position" not in msg
+    c.close()
+
+
+def test_stale_temporary_directory_is_invisible(tmp_path):
+    (tmp_path / "7.orbax-checkpoint-tmp-1234").mkdir()
+    c = ck.Checkpointer(tmp_path)
+    assert c.latest_step() is None and c.all_steps() == []
+    c.close()
+
+
+def test_sigterm_sets_flag_and_handlers_are_restored():
+    calls = []
+
+    def previous(signum, frame):
+        calls.append(signum)
+
+    old = signal.signal(signal.SIGTERM, previous)
+    try:
+        with ck.install_preemption_handler() as h:
+            assert not h.requested and not h.sync_requested()
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert h.requested and h.signal_received == signal.SIGTERM and h.sync_requested()
+            assert calls == []
+            os.kill(os.getpid(), signal.SIGTERM)  # second signal goes to the previous handler
+            assert calls == [signal.SIGTERM]
+        assert signal.getsignal(signal.SIGTERM) is previous
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert calls == [signal.SIGTERM, signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, old)

@@ -1,0 +1,274 @@
+"""Device layout: global BatchNorm statistics under a sharded batch, shard_batch, 2-process SGD."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from mirrorgan_jax import parallel
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A tiny conv + BN model and an SGD step, shared by the in-process tests and the 2-process test
+# (the worker file imports nothing from the tests package).
+WORKER = textwrap.dedent(
+    '''
+    import os, sys
+    import numpy as np
+
+
+    def build():
+        import flax.linen as nn
+        import jax
+        import jax.numpy as jnp
+        from mirrorgan_jax.models.layers import TorchBatchNorm
+
+        class Net(nn.Module):
+            @nn.compact
+            def __call__(self, x, train):
+                x = nn.Conv(4, (3, 3))(x)
+                x = TorchBatchNorm()(x, train)
+                x = jnp.mean(jax.nn.relu(x), axis=(1, 2))
+                return nn.Dense(1)(x)[:, 0]
+
+        net = Net()
+
+        def loss_fn(params, batch_stats, x, y):
+            out, upd = net.apply({"params": params, "batch_stats": batch_stats}, x, True,
+                                 mutable=["batch_stats"])
+            return jnp.mean((out - y) ** 2), upd["batch_stats"]
+
+        @jax.jit
+        def step(params, batch_stats, batch):
+            (loss, bs), g = jax.value_and_grad(loss_fn, has_aux=True)(
+                params, batch_stats, batch["x"], batch["y"])
+            params = jax.tree.map(lambda p, gi: p - 0.1 * gi, params, g)
+            return params, bs, loss, g
+
+        def init():
+            return net.init(jax.random.key(0), jnp.zeros((1, 6, 6, 2)), False)
+
+        return init, step
+
+
+    def data(steps=3, batch=8):
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(steps, batch, 6, 6, 2)).astype(np.float32)
+        y = rng.normal(size=(steps, batch)).astype(np.float32)
+        return x, y
+
+
+    def train(mesh, rows, steps=3):
+        """SGD over `steps` batches; this process feeds rows[0]:rows[1] of each global batch."""
+        import jax
+        from mirrorgan_jax import parallel
+        init, step = build()
+        v = parallel.replicate(mesh, init())
+        params, bs = v["params"], v["batch_stats"]
+        xs, ys = data(steps)
+        seen = None
+        for s in range(steps):
+            batch = parallel.shard_batch(
+                mesh, {"x": xs[s, rows[0]:rows[1]], "y": ys[s, rows[0]:rows[1]], "key": "skip"})
+            if seen is None:
+                full = jax.jit(lambda a: a, out_shardings=parallel.replicated(mesh))(batch["x"])
+                seen = np.asarray(full.addressable_data(0))
+            params, bs, _, _ = step(params, bs, batch)
+        local = lambda a: np.asarray(a.addressable_data(0))
+        return jax.tree.map(local, params), jax.tree.map(local, bs), seen
+
+
+    if __name__ == "__main__":
+        out = sys.argv[1]
+        sys.path.insert(0, os.environ["REPO"])
+        from mirrorgan_jax import parallel
+        assert parallel.maybe_initialize_distributed(initialization_timeout=30)
+        import jax
+        from flax.traverse_util import flatten_dict
+        mesh = parallel.make_mesh()
+        n, pid = jax.process_count(), jax.process_index()
+        assert n == 2 and jax.device_count() == 4 and len(mesh.local_devices) == 2
+        half = 8 // n
+        params, bs, seen = train(mesh, (pid * half, (pid + 1) * half))
+        flat = {"/".join(k): v for k, v in flatten_dict({"p": params, "s": bs}).items()}
+        np.savez(out, seen=seen, **flat)
+        jax.distributed.shutdown()
+    '''
+)
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory):
+    path = tmp_path_factory.mktemp("worker") / "mp_worker.py"
+    path.write_text(WORKER)
+    spec = importlib.util.spec_from_file_location("mp_worker", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return path, mod
+
+
+def test_sharded_gradient_and_bn_stats_equal_single_device(worker):
+    _, mod = worker
+    init, step = mod.build()
+    variables = init()
+    xs, ys = mod.data(1, 16)
+    batch = {"x": xs[0], "y": ys[0]}
+    one = jax.device_put((variables, batch), jax.devices()[0])
+    p1, bs1, l1, g1 = step(one[0]["params"], one[0]["batch_stats"], one[1])
+
+    mesh = parallel.make_mesh()
+    assert mesh.devices.size == 8 and mesh.axis_names == (parallel.DATA_AXIS,)
+    rv = parallel.replicate(mesh, variables)
+    sb = parallel.shard_batch(mesh, batch)
+    assert sb["x"].sharding.is_equivalent_to(parallel.batch_sharding(mesh), 5)
+    p8, bs8, l8, g8 = step(rv["params"], rv["batch_stats"], sb)
+    # Same loss, gradient and running statistics: BN used the statistics of all 16 samples.
+    np.testing.assert_allclose(l8, l1, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g8, g1)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), bs8, bs1)
+    for leaf in jax.tree.leaves((p8, bs8)):
+        assert leaf.sharding.is_fully_replicated
+    # Per-shard statistics would give a different loss (guards against a vacuous comparison).
+    x2 = batch["x"].reshape(8, 2, 6, 6, 2)
+    per_shard = [
+        step(
+            variables["params"],
+            variables["batch_stats"],
+            {"x": x2[i], "y": ys[0][2 * i : 2 * i + 2]},
+        )[2]
+        for i in range(8)
+    ]
+    assert abs(float(np.mean(per_shard)) - float(l1)) > 1e-4
+
+
+def test_shard_batch_round_trip():
+    mesh = parallel.make_mesh()
+    rng = np.random.default_rng(0)
+    batch = {
+        "images": [
+            rng.normal(size=(8, 4, 4, 3)).astype(np.float32),
+            rng.normal(size=(8, 8, 8, 3)).astype(np.float32),
+        ],
+        "tokens": rng.integers(0, 9, size=(8, 5)).astype(np.int32),
+        "lengths": np.arange(1, 9, dtype=np.int32),
+        "key": np.array([b"a"] * 8),
+    }
+    out = parallel.shard_batch(mesh, batch)
+    assert set(out) == {"images", "tokens", "lengths"}
+    assert len(out["images"]) == 2
+    for got, want in [
+        (out["images"][0], batch["images"][0]),
+        (out["images"][1], batch["images"][1]),
+        (out["tokens"], batch["tokens"]),
+        (out["lengths"], batch["lengths"]),
+    ]:
+        assert got.dtype == want.dtype and got.shape == want.shape
+        assert got.sharding.is_equivalent_to(parallel.batch_sharding(mesh), want.ndim)
+        assert len(got.addressable_shards) == 8
+        np.testing.assert_array_equal(np.asarray(got), want)
+    with pytest.raises(ValueError, match="tokens.*divisible by the 8"):
+        parallel.shard_batch(mesh, {"tokens": np.zeros((6, 2), np.int32)})
+
+
+def test_replicate_and_shardings_like():
+    mesh = parallel.make_mesh()
+    tree = {"a": np.ones((3, 2), np.float32), "b": [np.arange(4)]}
+    out = parallel.replicate(mesh, tree)
+    for leaf, want in zip(jax.tree.leaves(out), jax.tree.leaves(tree), strict=True):
+        assert leaf.sharding.is_fully_replicated and len(leaf.addressable_shards) == 8
+        np.testing.assert_array_equal(np.asarray(leaf), want)
+    sh = parallel.shardings_like(tree, parallel.replicated(mesh))
+    assert jax.tree.structure(sh) == jax.tree.structure(tree)
+
+
+def test_detect_cluster_and_single_host_noop(monkeypatch):
+    d = parallel.detect_cluster
+    assert d({}) is None
+    assert d({"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "4"}) == "explicit"
+    assert d({"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "1"}) is None
+    assert d({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "2"}) == "slurm"
+    assert d({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"}) is None
+    assert d({"OMPI_MCA_orte_hnp_uri": "x", "OMPI_COMM_WORLD_SIZE": "3"}) == "openmpi"
+    assert d({"TPU_WORKER_HOSTNAMES": "a,b"}) == "tpu"
+    assert d({"TPU_WORKER_HOSTNAMES": "a"}) is None
+    with pytest.raises(ValueError, match="SLURM_NTASKS='x'"):
+        d({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "x"})
+    for var in (
+        "JAX_COORDINATOR_ADDRESS",
+        "SLURM_JOB_ID",
+        "OMPI_MCA_orte_hnp_uri",
+        "TPU_WORKER_HOSTNAMES",
+        "TPU_PROCESS_ADDRESSES",
+    ):
+        monkeypatch.delenv(var, raising=False)
+    assert parallel.maybe_initialize_distributed() is False
+    assert (
+        parallel.maybe_initialize_distributed(
+            num_processes=1, process_id=0, coordinator_address="127.0.0.1:1"
+        )
+        is False
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_single_process(worker, tmp_path):
+    path, mod = worker
+    port = _free_port()
+    procs = []
+    for pid in range(2):
+        env = dict(os.environ)
+        env.update(
+            XLA_FLAGS="--xla_force_host_platform_device_count=2",
+            JAX_PLATFORMS="cpu",
+            REPO=str(REPO),
+            JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+            JAX_COORDINATOR_BIND_ADDRESS=f"127.0.0.1:{port}",
+            JAX_NUM_PROCESSES="2",
+            JAX_PROCESS_ID=str(pid),
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(path), str(tmp_path / f"out{pid}.npz")],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    # Reference: one device, the whole batch, while the workers run.
+    params, bs, seen = mod.train(parallel.make_mesh(jax.devices()[:1]), (0, 8))
+    logs = []
+    try:
+        for p in procs:
+            logs.append(p.communicate(timeout=90)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for p, text in zip(procs, logs, strict=True):
+        assert p.returncode == 0, text[-3000:]
+    from flax.traverse_util import flatten_dict
+
+    ref = {"/".join(k): v for k, v in flatten_dict({"p": params, "s": bs}).items()}
+    for pid in range(2):
+        got = np.load(tmp_path / f"out{pid}.npz")
+        # The global batch is process 0's rows then process 1's rows.
+        np.testing.assert_array_equal(got["seen"], seen)
+        for k, v in ref.items():
+            np.testing.assert_allclose(got[k], v, rtol=1e-5, atol=1e-6, err_msg=k)
+    assert not np.allclose(ref["p/Dense_0/kernel"], mod.build()[0]()["params"]["Dense_0"]["kernel"])
