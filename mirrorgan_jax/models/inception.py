@@ -1,0 +1,267 @@
+"""Image trunks of the DAMSM image encoder (SPEC section 7), NHWC.
+
+`InceptionV3` reproduces the part of `torchvision.models.inception_v3` that the official
+`CNN_ENCODER` keeps (Conv2d_1a_3x3 .. Mixed_7c; no AuxLogits, no fc, no `transform_input`) with
+torchvision's module names, so CNN_ENCODER / ImageNet weights convert one to one
+(`mirrorgan_jax/torch_import/damsm.py`). Every conv is a `BasicConv2d` = conv (no bias) -> BN
+(eps 0.001) -> ReLU. For a 299x299 input it returns Mixed_6e [B,17,17,768] and Mixed_7c
+[B,8,8,2048].
+
+`TinyTrunk` is the small CNN for the `shapes` configs (not an official network): six
+BasicConv2d blocks; for a 64x64 input the region map is 8x8 x widths[2] (after three stride-2
+3x3 convs) and the global map is 4x4 x widths[3]:
+
+  3x3/2 w0 -> 3x3/2 w1 -> 3x3/2 w2 -> 3x3/1 w2 = region map -> 3x3/2 w3 -> 3x3/1 w3 = global map
+
+Both trunks return `(region_map, global_map)`; the image encoder average-pools the global map.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mirrorgan_jax.models.layers import TorchBatchNorm
+
+Array = jax.Array
+Dtype = Any
+
+# torchvision Inception-v3 conv init: truncated normal, std 0.1 (truncation at +-2 absolute).
+inception_conv_init = nn.initializers.normal(0.1)
+
+
+def _pair(v: int | Sequence[int]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+class BasicConv2d(nn.Module):
+    """torchvision BasicConv2d: conv (no bias) -> BatchNorm (eps 0.001) -> ReLU.
+
+    Submodules `conv` and `bn` (official keys `<name>.conv.weight`, `<name>.bn.*`).
+    kernel/stride/padding are ints or (h, w) pairs; padding is symmetric as in PyTorch.
+    """
+
+    features: int
+    kernel: int | tuple[int, int]
+    stride: int | tuple[int, int] = 1
+    padding: int | tuple[int, int] = 0
+    dtype: Dtype | None = None
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool) -> Array:
+        ph, pw = _pair(self.padding)
+        x = nn.Conv(
+            self.features,
+            _pair(self.kernel),
+            strides=_pair(self.stride),
+            padding=((ph, ph), (pw, pw)),
+            use_bias=False,
+            kernel_init=inception_conv_init,
+            dtype=self.dtype,
+            name="conv",
+        )(x)
+        x = TorchBatchNorm(
+            epsilon=1e-3, scale_init=nn.initializers.ones, dtype=self.dtype, name="bn"
+        )(x, train)
+        return nn.relu(x)
+
+
+def _avg_pool_3x3_same(x: Array) -> Array:
+    """F.avg_pool2d(x, 3, stride=1, padding=1) with count_include_pad=True (the default)."""
+    return nn.avg_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)), count_include_pad=True)
+
+
+def _max_pool_3x3_s2(x: Array) -> Array:
+    """F.max_pool2d(x, kernel_size=3, stride=2) (no padding)."""
+    return nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+
+
+class InceptionA(nn.Module):
+    """Mixed_5b/5c/5d: [B,35,35,Cin] -> [B,35,35,224 + pool_features]."""
+
+    pool_features: int
+    dtype: Dtype | None = None
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool) -> Array:
+        d = self.dtype
+        b1 = BasicConv2d(64, 1, dtype=d, name="branch1x1")(x, train)
+        b5 = BasicConv2d(48, 1, dtype=d, name="branch5x5_1")(x, train)
+        b5 = BasicConv2d(64, 5, padding=2, dtype=d, name="branch5x5_2")(b5, train)
+        b3 = BasicConv2d(64, 1, dtype=d, name="branch3x3dbl_1")(x, train)
+        b3 = BasicConv2d(96, 3, padding=1, dtype=d, name="branch3x3dbl_2")(b3, train)
+        b3 = BasicConv2d(96, 3, padding=1, dtype=d, name="branch3x3dbl_3")(b3, train)
+        bp = BasicConv2d(self.pool_features, 1, dtype=d, name="branch_pool")(
+            _avg_pool_3x3_same(x), train
+        )
+        return jnp.concatenate([b1, b5, b3, bp], axis=-1)
+
+
+class InceptionB(nn.Module):
+    """Mixed_6a: [B,35,35,288] -> [B,17,17,768]."""
+
+    dtype: Dtype | None = None
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool) -> Array:
+        d = self.dtype
+        b3 = BasicConv2d(384, 3, stride=2, dtype=d, name="branch3x3")(x, train)
+        bd = BasicConv2d(64, 1, dtype=d, name="branch3x3dbl_1")(x, train)
+        bd = BasicConv2d(96, 3, padding=1, dtype=d, name="branch3x3dbl_2")(bd, train)
+        bd = BasicConv2d(96, 3, stride=2, dtype=d, name="branch3x3dbl_3")(bd, train)
+        return jnp.concatenate([b3, bd, _max_pool_3x3_s2(x)], axis=-1)
+
+
+class InceptionC(nn.Module):
+    """Mixed_6b..6e: [B,17,17,768] -> [B,17,17,768] with 1x7 / 7x1 factorised convs."""
+
+    channels_7x7: int
+    dtype: Dtype | None = None
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool) -> Array:
+        d, c7 = self.dtype, self.channels_7x7
+        b1 = BasicConv2d(192, 1, dtype=d, name="branch1x1")(x, train)
+        b7 = BasicConv2d(c7, 1, dtype=d, name="branch7x7_1")(x, train)
+        b7 = BasicConv2d(c7, (1, 7), padding=(0, 3), dtype=d, name="branch7x7_2")(b7, train)
+        b7 = BasicConv2d(192, (7, 1), padding=(3, 0), dtype=d, name="branch7x7_3")(b7, train)
+        bd = BasicConv2d(c7, 1, dtype=d, name="branch7x7dbl_1")(x, train)
+        bd = BasicConv2d(c7, (7, 1), padding=(3, 0), dtype=d, name="branch7x7dbl_2")(bd, train)
+        bd = BasicConv2d(c7, (1, 7), padding=(0, 3), dtype=d, name="branch7x7dbl_3")(bd, train)
+        bd = BasicConv2d(c7, (7, 1), padding=(3, 0), dtype=d, name="branch7x7dbl_4")(bd, train)
+        bd = BasicConv2d(192, (1, 7), padding=(0, 3), dtype=d, name="branch7x7dbl_5")(bd, train)
+        bp = BasicConv2d(192, 1, dtype=d, name="branch_pool")(_avg_pool_3x3_same(x), train)
+        return jnp.concatenate([b1, b7, bd, bp], axis=-1)
+
+
+class InceptionD(nn.Module):
+    """Mixed_7a: [B,17,17,768] -> [B,8,8,1280]."""
+
+    dtype: Dtype | None = None
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool) -> Array:
+        d = self.dtype
+        b3 = BasicConv2d(192, 1, dtype=d, name="branch3x3_1")(x, train)
+        b3 = BasicConv2d(320, 3, stride=2, dtype=d, name="branch3x3_2")(b3, train)
+        b7 = BasicConv2d(192, 1, dtype=d, name="branch7x7x3_1")(x, train)
+        b7 = BasicConv2d(192, (1, 7), padding=(0, 3), dtype=d, name="branch7x7x3_2")(b7, train)
+        b7 = BasicConv2d(192, (7, 1), padding=(3, 0), dtype=d, name="branch7x7x3_3")(b7, train)
+        b7 = BasicConv2d(192, 3, stride=2, dtype=d, name="branch7x7x3_4")(b7, train)
+        return jnp.concatenate([b3, b7, _max_pool_3x3_s2(x)], axis=-1)
+
+
+class InceptionE(nn.Module):
+    """Mixed_7b/7c: [B,8,8,Cin] -> [B,8,8,2048]."""
+
+    dtype: Dtype | None = None
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool) -> Array:
+        d = self.dtype
+        b1 = BasicConv2d(320, 1, dtype=d, name="branch1x1")(x, train)
+        b3 = BasicConv2d(384, 1, dtype=d, name="branch3x3_1")(x, train)
+        b3 = jnp.concatenate(
+            [
+                BasicConv2d(384, (1, 3), padding=(0, 1), dtype=d, name="branch3x3_2a")(b3, train),
+                BasicConv2d(384, (3, 1), padding=(1, 0), dtype=d, name="branch3x3_2b")(b3, train),
+            ],
+            axis=-1,
+        )
+        bd = BasicConv2d(448, 1, dtype=d, name="branch3x3dbl_1")(x, train)
+        bd = BasicConv2d(384, 3, padding=1, dtype=d, name="branch3x3dbl_2")(bd, train)
+        bd = jnp.concatenate(
+            [
+                BasicConv2d(384, (1, 3), padding=(0, 1), dtype=d, name="branch3x3dbl_3a")(
+                    bd, train
+                ),
+                BasicConv2d(384, (3, 1), padding=(1, 0), dtype=d, name="branch3x3dbl_3b")(
+                    bd, train
+                ),
+            ],
+            axis=-1,
+        )
+        bp = BasicConv2d(192, 1, dtype=d, name="branch_pool")(_avg_pool_3x3_same(x), train)
+        return jnp.concatenate([b1, b3, bd, bp], axis=-1)
+
+
+class InceptionV3(nn.Module):
+    """CNN_ENCODER's Inception-v3 trunk: [B,299,299,3] -> (Mixed_6e [B,17,17,768],
+    Mixed_7c [B,8,8,2048]).
+
+    Attributes:
+      dtype: computation dtype (None = input dtype; bfloat16 for mixed precision, with float32
+        params and BatchNorm statistics).
+    """
+
+    dtype: Dtype | None = None
+
+    @property
+    def region_features(self) -> int:
+        return 768  # channels of Mixed_6e
+
+    @property
+    def global_features(self) -> int:
+        return 2048  # channels of Mixed_7c
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool) -> tuple[Array, Array]:
+        d = self.dtype
+        if d is not None:
+            x = x.astype(d)
+        x = BasicConv2d(32, 3, stride=2, dtype=d, name="Conv2d_1a_3x3")(x, train)  # 149x149x32
+        x = BasicConv2d(32, 3, dtype=d, name="Conv2d_2a_3x3")(x, train)  # 147x147x32
+        x = BasicConv2d(64, 3, padding=1, dtype=d, name="Conv2d_2b_3x3")(x, train)  # 147x147x64
+        x = _max_pool_3x3_s2(x)  # 73x73x64
+        x = BasicConv2d(80, 1, dtype=d, name="Conv2d_3b_1x1")(x, train)  # 73x73x80
+        x = BasicConv2d(192, 3, dtype=d, name="Conv2d_4a_3x3")(x, train)  # 71x71x192
+        x = _max_pool_3x3_s2(x)  # 35x35x192
+        x = InceptionA(32, dtype=d, name="Mixed_5b")(x, train)  # 35x35x256
+        x = InceptionA(64, dtype=d, name="Mixed_5c")(x, train)  # 35x35x288
+        x = InceptionA(64, dtype=d, name="Mixed_5d")(x, train)  # 35x35x288
+        x = InceptionB(dtype=d, name="Mixed_6a")(x, train)  # 17x17x768
+        x = InceptionC(128, dtype=d, name="Mixed_6b")(x, train)
+        x = InceptionC(160, dtype=d, name="Mixed_6c")(x, train)
+        x = InceptionC(160, dtype=d, name="Mixed_6d")(x, train)
+        mixed_6e = InceptionC(192, dtype=d, name="Mixed_6e")(x, train)  # 17x17x768
+        x = InceptionD(dtype=d, name="Mixed_7a")(mixed_6e, train)  # 8x8x1280
+        x = InceptionE(dtype=d, name="Mixed_7b")(x, train)  # 8x8x2048
+        mixed_7c = InceptionE(dtype=d, name="Mixed_7c")(x, train)  # 8x8x2048
+        return mixed_6e, mixed_7c
+
+
+class TinyTrunk(nn.Module):
+    """Small DAMSM trunk for the `shapes` configs (see the module docstring).
+
+    Attributes:
+      widths: channels of the four conv stages; region map has widths[2] channels, the global
+        map widths[3].
+      dtype: computation dtype (None = input dtype).
+    """
+
+    widths: tuple[int, int, int, int] = (32, 64, 128, 256)
+    dtype: Dtype | None = None
+
+    @property
+    def region_features(self) -> int:
+        return self.widths[2]
+
+    @property
+    def global_features(self) -> int:
+        return self.widths[3]
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool) -> tuple[Array, Array]:
+        d, w = self.dtype, self.widths
+        if d is not None:
+            x = x.astype(d)
+        x = BasicConv2d(w[0], 3, stride=2, padding=1, dtype=d, name="conv1")(x, train)  # H/2
+        x = BasicConv2d(w[1], 3, stride=2, padding=1, dtype=d, name="conv2")(x, train)  # H/4
+        x = BasicConv2d(w[2], 3, stride=2, padding=1, dtype=d, name="conv3")(x, train)  # H/8
+        region = BasicConv2d(w[2], 3, padding=1, dtype=d, name="conv4")(x, train)  # [B,H/8,W/8,w2]
+        x = BasicConv2d(w[3], 3, stride=2, padding=1, dtype=d, name="conv5")(region, train)
+        global_map = BasicConv2d(w[3], 3, padding=1, dtype=d, name="conv6")(x, train)  # H/16
+        return region, global_map
