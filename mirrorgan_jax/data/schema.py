@@ -35,14 +35,15 @@ DEVICE_KEYS = ("images", "tokens", "lengths", "class_id", "attributes")
 
 def tfds_features():
     """The tfds FeaturesDict shared by every builder."""
+    import numpy as np
     import tensorflow_datasets as tfds
 
     return tfds.features.FeaturesDict(
         {
             "image": tfds.features.Image(shape=(None, None, 3)),
             "captions": tfds.features.Sequence(tfds.features.Text()),
-            "class_id": tfds.features.Scalar(dtype="int64"),
+            "class_id": tfds.features.Scalar(dtype=np.int64),
             "key": tfds.features.Text(),
-            "attributes": tfds.features.Tensor(shape=(NUM_ATTRIBUTES,), dtype="int64"),
+            "attributes": tfds.features.Tensor(shape=(NUM_ATTRIBUTES,), dtype=np.int64),
         }
     )
