@@ -70,7 +70,6 @@ def get_base_config() -> ml_collections.ConfigDict:
     dm.gamma3 = 10.0
     dm.checkpoint_every = 1000
     dm.log_every = 100
-    dm.weights = ""  # imported text/image encoder checkpoint dir (skips pretraining)
 
     # ---- STREAM pretraining (SPEC 6, 16.3) ----
     st = c.stream = ml_collections.ConfigDict()
@@ -109,6 +108,15 @@ def get_base_config() -> ml_collections.ConfigDict:
     e.r_precision_folds = 10
     e.inception_weights = ""
     e.classifier_steps = 2000
+
+    # ---- released PyTorch weights for --mode=import_torch (.pth, or .npz with official keys) ----
+    w = c.weights = ml_collections.ConfigDict()
+    w.text_encoder = ""  # AttnGAN DAMSM text_encoder*.pth (RNN_ENCODER)
+    w.image_encoder = ""  # AttnGAN DAMSM image_encoder*.pth (CNN_ENCODER)
+    w.generator = ""  # MirrorGAN/AttnGAN netG*.pth
+    w.discriminators = ""  # comma-separated netD0,netD1,netD2 files, smallest stage first
+    w.caption_cnn = ""  # STREAM encoder
+    w.caption_rnn = ""  # STREAM decoder
 
     s = c.sample = ml_collections.ConfigDict()
     s.num_samples = 1

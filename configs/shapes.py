@@ -18,7 +18,7 @@ def get_config(arg: str = ""):
     c.data.tokenizer = "sentencepiece"
     c.data.vocab_size = 0
     c.data.captions_per_image = 10
-    c.data.words_num = 12
+    c.data.words_num = 18
     c.data.shapes.image_size = 64
 
     m = c.model
@@ -38,7 +38,7 @@ def get_config(arg: str = ""):
     c.stream.freeze_backbone = False
     c.train.batch_size, c.train.steps, c.train.checkpoint_every = 16, 4000, 500
     c.train.log_every, c.train.image_every = 50, 500
-    c.eval.num_images, c.eval.batch_size, c.eval.words_num = 2000, 50, 12
+    c.eval.num_images, c.eval.batch_size, c.eval.words_num = 2000, 50, 18
     c.eval.classifier_steps = 1500
 
     if arg == "quick":
@@ -60,5 +60,7 @@ def get_config(arg: str = ""):
         c.eval.num_images, c.eval.batch_size, c.eval.classifier_steps = 16, 8, 4
         c.data.shuffle_buffer = 64
     elif arg:
-        raise ValueError(f"configs/shapes.py: unknown preset {arg!r}; expected '', 'quick' or 'test'")
+        raise ValueError(
+            f"configs/shapes.py: unknown preset {arg!r}; expected '', 'quick' or 'test'"
+        )
     return c
