@@ -359,6 +359,9 @@ cmd_job() {
   local mode=$1 script="" staged
   shift
   DATA_FLAG=""
+  # Multi-host slices: every worker joins one JAX program (jax.distributed.initialize() with
+  # the TPU metadata, asked for explicitly because gcloud TPU VMs set no launcher variable).
+  ((HOSTS > 1)) && JOB_ENV="MIRRORGAN_DISTRIBUTED=1 "
   if [[ $STAGE_DATA == 1 && $DATA_DIR == gs://* ]]; then
     staged="\"\$HOME/mirrorgan_data\""
     script="mkdir -p $staged && gcloud storage rsync --recursive $(shquote "$DATA_DIR") $staged && "

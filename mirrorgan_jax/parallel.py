@@ -138,11 +138,15 @@ def shardings_like(tree: Any, sharding: NamedSharding) -> Any:
 def detect_cluster(env: Mapping[str, str] | None = None) -> str | None:
     """Which multi-process launcher, if any, started this process.
 
-    Returns "explicit" (JAX_COORDINATOR_ADDRESS set and JAX_NUM_PROCESSES > 1 or unset),
+    Returns "requested" (MIRRORGAN_DISTRIBUTED=1), "explicit" (JAX_COORDINATOR_ADDRESS set and JAX_NUM_PROCESSES > 1 or unset),
     "slurm" / "openmpi" (with more than one task), "tpu" (several TPU worker hostnames), or None
     (one process; nothing to initialise).
     """
     env = os.environ if env is None else env
+    if env.get("MIRRORGAN_DISTRIBUTED") == "1":
+        # Asked for explicitly (launch/tpu_vm.sh on multi-host slices): on Cloud TPU VMs the
+        # worker list lives in the VM metadata, which JAX's own auto-detection reads.
+        return "requested"
 
     def count(name: str) -> int:
         try:

@@ -356,6 +356,8 @@ def test_jobs_run_on_every_worker(launcher: Launcher, accel: str, job: str):
     ]
     assert "setsid nohup" in command and f">> logs/{job}.log" in command
     assert "JAX_PLATFORMS" not in command, "jobs other than prepare use the TPU"
+    # multi-host: every worker joins one program through jax.distributed.initialize()
+    assert ("MIRRORGAN_DISTRIBUTED=1" in command) == (accel == "v4-32")
 
 
 def test_stage_data_copies_the_shards_to_each_worker(launcher: Launcher):

@@ -200,6 +200,7 @@ def test_detect_cluster_and_single_host_noop(monkeypatch):
     assert d({"OMPI_MCA_orte_hnp_uri": "x", "OMPI_COMM_WORLD_SIZE": "3"}) == "openmpi"
     assert d({"TPU_WORKER_HOSTNAMES": "a,b"}) == "tpu"
     assert d({"TPU_WORKER_HOSTNAMES": "a"}) is None
+    assert d({"MIRRORGAN_DISTRIBUTED": "1"}) == "requested"  # launch/tpu_vm.sh, multi-host
     with pytest.raises(ValueError, match="SLURM_NTASKS='x'"):
         d({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "x"})
     for var in (
@@ -208,6 +209,7 @@ def test_detect_cluster_and_single_host_noop(monkeypatch):
         "OMPI_MCA_orte_hnp_uri",
         "TPU_WORKER_HOSTNAMES",
         "TPU_PROCESS_ADDRESSES",
+        "MIRRORGAN_DISTRIBUTED",
     ):
         monkeypatch.delenv(var, raising=False)
     assert parallel.maybe_initialize_distributed() is False

@@ -125,6 +125,9 @@ def _remove(paths: list[pathlib.Path], data_dir: pathlib.Path) -> None:
 
 def prepare(config, workdir: str | pathlib.Path) -> dict:
     """Builds config.data's data set and tokenizer (see the module doc); returns the report."""
+    import tensorflow_datasets as tfds
+
+    tfds.disable_progress_bar()
     data = config.data
     settings = prepare_settings(data)
     name = data.name

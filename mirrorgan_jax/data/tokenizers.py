@@ -61,6 +61,13 @@ class Tokenizer:
         """Words of `text` the vocabulary cannot represent (dropped or mapped to unk by encode)."""
         raise NotImplementedError
 
+    #: what `encode` does with an unknown word (reported to users by sampling)
+    unknown_policy: str = ""
+
+    def decode_words(self, ids: Iterable[int]) -> list[str]:
+        """One label per id (a word or a sentence piece), e.g. to caption attention maps."""
+        raise NotImplementedError
+
     def save(self, path_dir: str | pathlib.Path) -> None:
         """Writes the tokenizer into directory `path_dir` (created if needed)."""
         raise NotImplementedError
@@ -150,8 +157,13 @@ class AttnGANTokenizer(Tokenizer):
             raise ValueError(f"empty caption {text!r}: no \\w+ word in it")
         return [self.wordtoix[w] for w in words if w in self.wordtoix]
 
+    unknown_policy = "dropped (the AttnGAN vocabulary has no unknown token)"
+
     def decode(self, ids: Iterable[int]) -> str:
         return " ".join(self.ixtoword.get(int(i), "<?>") for i in ids if int(i) != PAD_ID)
+
+    def decode_words(self, ids: Iterable[int]) -> list[str]:
+        return [self.ixtoword.get(int(i), "<?>") for i in ids]
 
     def unknown_words(self, text: str) -> list[str]:
         return [w for w in attngan_words(text) if w not in self.wordtoix]
@@ -234,8 +246,13 @@ class SentencePieceTokenizer(Tokenizer):
             raise ValueError(f"empty caption {text!r}")
         return list(self._sp.encode(normal))
 
+    unknown_policy = "encoded as the unknown piece <unk>"
+
     def decode(self, ids: Iterable[int]) -> str:
         return self._sp.decode([int(i) for i in ids if int(i) != PAD_ID])
+
+    def decode_words(self, ids: Iterable[int]) -> list[str]:
+        return [self._sp.id_to_piece(int(i)).replace("\u2581", "") or "_" for i in ids]
 
     def unknown_words(self, text: str) -> list[str]:
         return [w for w in normalize(text).split() if self.unk_id in self._sp.encode(w)]

@@ -1,0 +1,177 @@
+"""`--mode=import_torch`: released PyTorch weights -> Orbax checkpoints in the workdir layout.
+
+Reads the files named in `config.weights` (`.pth`, legacy or zip, through the restricted loader;
+or `.npz` with the official key names, which needs no torch):
+  text_encoder + image_encoder (AttnGAN DAMSM)  -> W/damsm/checkpoints  (marked final)
+  caption_cnn + caption_rnn (STREAM)            -> W/stream/checkpoints (marked final)
+  generator (+ discriminators, optional)        -> W/gan/checkpoints at step 0 (EMA = G)
+Every file is converted and checked against the configured networks before anything is
+written: a missing or unexpected key, a wrong shape or vocabulary size raises
+`WeightMismatchError` naming the key, both shapes and the config value to change.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+from absl import logging
+
+from mirrorgan_jax import (
+    checkpoints,
+    parallel,
+    pipeline,
+    pretrain_damsm,
+    pretrain_stream,
+    safe_load,
+    train_gan,
+)
+from mirrorgan_jax.networks import Networks
+from mirrorgan_jax.torch_import import common, damsm, gan, stream
+
+_HINT = {
+    "text_encoder": "model.n_words (the vocabulary), model.word_embedding_dim, "
+    "model.text_embedding_dim",
+    "image_encoder": "model.damsm_backbone, model.text_embedding_dim",
+    "generator": "model.gf_dim, model.z_dim, model.condition_dim, model.r_num, "
+    "model.branch_num, model.text_embedding_dim",
+    "discriminator": "model.df_dim, model.text_embedding_dim, model.branch_num",
+    "caption_cnn": "model.stream_backbone, model.stream_embed_size",
+    "caption_rnn": "model.n_words, model.stream_embed_size, model.stream_hidden_size",
+}
+
+
+def _convert(path: str, convert, expected, hint_key: str):
+    sd = safe_load.load_state_dict(path)
+    variables = convert(sd)
+    common.check_against(variables, expected, source=path, hint=_HINT[hint_key])
+    return variables
+
+
+def _n_words(config, workdir: str) -> int | None:
+    try:
+        return pipeline.load_tokenizer(config, workdir).vocab_size
+    except FileNotFoundError:
+        return None
+
+
+def import_all(config, workdir: str) -> dict:
+    """Converts every configured file, then writes the checkpoints. Returns what was written."""
+    w = config.weights
+    if not any([w.text_encoder, w.image_encoder, w.generator, w.caption_cnn, w.caption_rnn]):
+        raise ValueError(
+            "--mode=import_torch: no file given; set --config.weights.text_encoder / "
+            "image_encoder / generator / discriminators / caption_cnn / caption_rnn"
+        )
+    nets = Networks.from_config(config, n_words=config.model.n_words or _n_words(config, workdir))
+    rng = jax.random.key(0)
+    meta = {"model": pipeline.model_fingerprint(config)}
+    states = {}
+
+    # Convert and check everything first: nothing is written if any file does not fit.
+    if w.text_encoder or w.image_encoder:
+        tx = pretrain_damsm.make_tx(config, 1)
+        state = pretrain_damsm.init_state(nets, tx, rng)
+        params, stats = dict(state.params), state.batch_stats
+        if w.text_encoder:
+            v = _convert(
+                w.text_encoder,
+                gan.text_encoder_variables,
+                nets.init_text_encoder(rng, abstract=True),
+                "text_encoder",
+            )
+            params["text"] = v["params"]
+        if w.image_encoder:
+            v = _convert(
+                w.image_encoder,
+                damsm.image_encoder_variables,
+                nets.init_image_encoder(rng, abstract=True),
+                "image_encoder",
+            )
+            params["image"], stats = v["params"], v.get("batch_stats", {})
+        states["damsm"] = state.replace(params=params, batch_stats=stats, opt_state=tx.init(params))
+    if w.caption_cnn or w.caption_rnn:
+        tx = pretrain_stream.make_tx(config)
+        state = pretrain_stream.init_state(nets, tx, rng)
+        params, stats = dict(state.params), state.batch_stats
+        if w.caption_cnn:
+            v = _convert(
+                w.caption_cnn,
+                stream.caption_cnn_variables,
+                nets.init_caption_cnn(rng, abstract=True),
+                "caption_cnn",
+            )
+            params["cnn"], stats = v["params"], v.get("batch_stats", {})
+        if w.caption_rnn:
+            v = _convert(
+                w.caption_rnn,
+                stream.caption_rnn_variables,
+                nets.init_caption_rnn(rng, abstract=True),
+                "caption_rnn",
+            )
+            params["rnn"] = v["params"]
+        states["stream"] = state.replace(
+            params=params, batch_stats=stats, opt_state=tx.init(params)
+        )
+    if w.generator:
+        hyper = train_gan.GanHyper.from_config(config)
+        state = train_gan.init_gan_state(nets, hyper, rng)
+        v = _convert(
+            w.generator,
+            lambda sd: gan.generator_variables(sd, len(nets.image_sizes)),
+            nets.init_generator(rng, abstract=True),
+            "generator",
+        )
+        d_params, d_stats = list(state.d_params), list(state.d_batch_stats)
+        d_files = [f for f in w.discriminators.split(",") if f.strip()]
+        if d_files and len(d_files) != len(nets.image_sizes):
+            raise ValueError(
+                f"config.weights.discriminators lists {len(d_files)} files but the model has "
+                f"{len(nets.image_sizes)} stages ({nets.image_sizes}); give one per stage"
+            )
+        for i, f in enumerate(d_files):
+            size = nets.image_sizes[i]
+            dv = _convert(
+                f.strip(),
+                lambda sd, s=size: gan.discriminator_variables(sd, s),
+                nets.init_discriminator(i, rng, abstract=True),
+                "discriminator",
+            )
+            d_params[i], d_stats[i] = dv["params"], dv.get("batch_stats", {})
+        states["gan"] = state.replace(
+            g_params=v["params"],
+            g_batch_stats=v.get("batch_stats", {}),
+            g_opt=hyper.g_tx().init(v["params"]),
+            ema_params=v["params"],
+            d_params=tuple(d_params),
+            d_batch_stats=tuple(d_stats),
+            d_opts=tuple(hyper.d_tx().init(p) for p in d_params),
+        )
+
+    for name in states:
+        directory = os.path.join(workdir, name, "checkpoints")
+        if os.path.isdir(directory) and os.listdir(directory):
+            raise FileExistsError(
+                f"{directory} already holds checkpoints; refusing to overwrite them "
+                "(use another --workdir)"
+            )
+    pipeline.write_config(config, workdir)
+    mesh = parallel.make_mesh()
+    written = {}
+    for name, state in states.items():
+        directory = os.path.join(workdir, name, "checkpoints")
+        ckpt = checkpoints.Checkpointer(directory, max_to_keep=None)
+        try:
+            final = name != "gan"  # pretrained encoders stand for finished stages
+            ckpt.save(
+                0,
+                jax.device_put(state, parallel.replicated(mesh)),
+                meta={**meta, "step": 0, "final": final, "imported": True},
+                force=True,
+            )
+            ckpt.wait_until_finished()
+        finally:
+            ckpt.close()
+        written[name] = directory
+        logging.info("imported %s -> %s", name, directory)
+    return written

@@ -1,0 +1,132 @@
+"""The training loop every stage shares: resume, step, log, checkpoint, stop cleanly.
+
+Resume order (written down, as the style guide asks): the stage's latest Orbax checkpoint in
+its workdir folder, else the state `init_state()` builds (scratch or imported weights). The
+step RNG is `fold_in(rng, step)` and the data iterator restarts at the restored step, so an
+interrupted run continues exactly where it stopped. The host synchronises with the devices
+only at logging and checkpoint steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+from absl import logging
+from clu import periodic_actions
+
+from mirrorgan_jax import checkpoints, observability
+
+
+class Preempted(Exception):
+    """SIGTERM/SIGINT arrived; a checkpoint of the current step was written."""
+
+
+class NonFiniteLoss(RuntimeError):
+    """A loss became NaN/inf; the run stopped and the last good checkpoint is intact."""
+
+
+@dataclasses.dataclass
+class StageSpec:
+    name: str  # "damsm" | "stream" | "gan"
+    stage_dir: str  # <workdir>/<name>
+    total_steps: int
+    checkpoint_every: int
+    keep_checkpoints: int
+    log_every: int
+    meta: dict  # saved with every checkpoint (config fingerprint of the networks ...)
+    loss_keys: tuple[str, ...]  # metrics checked for finiteness
+
+
+def run_stage(
+    spec: StageSpec,
+    init_state: Callable[[], Any],
+    abstract_state: Any,
+    step_fn: Callable[[Any, Any, jax.Array], tuple[Any, dict]],
+    batches: Callable[[int], Iterator[Any]],
+    rng: jax.Array,
+    on_log: Callable[[int, Any, Any], dict] | None = None,
+) -> tuple[Any, int]:
+    """Runs (or resumes, or skips when finished) one stage. Returns (state, last step)."""
+    ckpt = checkpoints.Checkpointer(
+        f"{spec.stage_dir}/checkpoints", max_to_keep=spec.keep_checkpoints
+    )
+    try:
+        start = ckpt.latest_step()
+        meta = {}
+        if start is not None:
+            state, meta = ckpt.restore(start, abstract_state, expected_meta=spec.meta)
+            logging.info("%s: resumed from step %d", spec.name, start)
+        else:
+            start = 0
+            state = init_state()
+        if start >= spec.total_steps or meta.get("final"):
+            # `final` marks imported weights that stand for a finished stage.
+            logging.info("%s: finished already (step %d)", spec.name, start)
+            return state, start
+        state = _train(spec, ckpt, state, start, step_fn, batches, rng, on_log)
+        return state, spec.total_steps
+    finally:
+        ckpt.close()
+
+
+def _train(spec, ckpt, state, start, step_fn, batches, rng, on_log):
+    writer = observability.make_writer(spec.stage_dir)
+    report = periodic_actions.ReportProgress(
+        num_train_steps=spec.total_steps, writer=writer, every_steps=spec.log_every
+    )
+    preemption = checkpoints.install_preemption_handler()
+    first_bad = jnp.array(-1, jnp.int32)  # on device: first step with a non-finite loss
+    bad_value = jnp.zeros((), jnp.float32)
+    data = batches(start)
+    step = start
+    last_saved = start
+    t0 = time.time()
+    try:
+        while step < spec.total_steps:
+            batch = next(data)
+            state, metrics = step_fn(state, batch, jax.random.fold_in(rng, step))
+            step += 1
+            losses = jnp.stack([metrics[k] for k in spec.loss_keys])
+            bad = ~jnp.all(jnp.isfinite(losses))
+            new_bad = (first_bad < 0) & bad
+            bad_value = jnp.where(new_bad, jnp.sum(losses), bad_value)
+            first_bad = jnp.where(new_bad, step, first_bad)
+            report(step)
+            at_log = step % spec.log_every == 0 or step == spec.total_steps
+            at_ckpt = step % spec.checkpoint_every == 0 or step == spec.total_steps
+            if at_log or at_ckpt or preemption.requested:
+                if int(first_bad) >= 0:
+                    _stop_non_finite(spec, int(first_bad), metrics, last_saved)
+            if at_log:
+                scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                if on_log is not None:
+                    scalars.update(on_log(step, state, writer) or {})
+                writer.write_scalars(step, scalars)
+            if at_ckpt or preemption.requested:
+                ckpt.save(step, state, meta={**spec.meta, "step": step}, force=True)
+                last_saved = step
+            if preemption.requested:
+                ckpt.wait_until_finished()
+                writer.flush()
+                raise Preempted(f"{spec.name}: stopped by signal at step {step}; checkpoint saved")
+        ckpt.wait_until_finished()
+        logging.info(
+            "%s: %d steps in %.1f s", spec.name, spec.total_steps - start, time.time() - t0
+        )
+        return state
+    finally:
+        preemption.close()
+        writer.flush()
+
+
+def _stop_non_finite(spec, bad_step: int, metrics, last_saved: int):
+    values = {k: float(v) for k, v in jax.device_get(metrics).items() if k in spec.loss_keys}
+    raise NonFiniteLoss(
+        f"{spec.name}: non-finite loss at step {bad_step} (latest values: {values}); the run "
+        f"stopped without saving; the last good checkpoint is step {last_saved} in "
+        f"{spec.stage_dir}/checkpoints"
+    )

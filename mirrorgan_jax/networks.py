@@ -1,0 +1,142 @@
+"""Every network of the system built from one config, with dummy-input initialisers.
+
+`Networks.from_config(config, n_words)` gives the modules; `init_*` create their variables
+(with `abstract=True`, only shapes via `jax.eval_shape`, no memory or compute), which is what
+training, weight import, checkpoint restore and `--mode=describe` all start from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from mirrorgan_jax import configuration
+
+Variables = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Networks:
+    text_encoder: Any
+    generator: Any
+    discriminators: tuple
+    caption_cnn: Any
+    caption_rnn: Any
+    image_encoder: Any
+    image_sizes: tuple[int, ...]
+    words_num: int
+    embedding_dim: int
+    z_dim: int
+
+    @classmethod
+    def from_config(cls, config, n_words: int | None = None) -> "Networks":
+        configuration.validate(config)
+        return cls(
+            text_encoder=configuration.text_encoder(config, n_words),
+            generator=configuration.generator(config),
+            discriminators=tuple(configuration.discriminators(config)),
+            caption_cnn=configuration.caption_cnn(config),
+            caption_rnn=configuration.caption_rnn(config, n_words),
+            image_encoder=configuration.image_encoder(config),
+            image_sizes=configuration.image_sizes(config),
+            words_num=config.data.words_num,
+            embedding_dim=config.model.text_embedding_dim,
+            z_dim=config.model.z_dim,
+        )
+
+    # Dummy inputs: batch 2 (BatchNorm needs > 1 sample), T = words_num.
+    def _text(self):
+        tokens = jnp.ones((2, self.words_num), jnp.int32)
+        lengths = jnp.full((2,), self.words_num, jnp.int32)
+        return tokens, lengths
+
+    def _init(self, fn, rng, abstract: bool) -> Variables:
+        if abstract:
+            return jax.eval_shape(fn, rng)
+        return jax.jit(lambda r: fn(_fast_key(r)))(rng)
+
+    def init_text_encoder(self, rng, abstract: bool = False) -> Variables:
+        tokens, lengths = self._text()
+        return self._init(
+            lambda r: self.text_encoder.init(r, tokens, lengths, train=False), rng, abstract
+        )
+
+    def init_generator(self, rng, abstract: bool = False) -> Variables:
+        b, t, e = 2, self.words_num, self.embedding_dim
+
+        def fn(r):
+            return self.generator.init(
+                {"params": r, "noise": r},
+                jnp.zeros((b, self.z_dim)),
+                jnp.zeros((b, e)),
+                jnp.zeros((b, t, e)),
+                jnp.zeros((b, t), bool),
+                train=False,
+            )
+
+        return self._init(fn, rng, abstract)
+
+    def init_discriminator(self, index: int, rng, abstract: bool = False) -> Variables:
+        """Trunk and both heads (each head is its own method, so three inits are merged)."""
+        from mirrorgan_jax.models.discriminators import Discriminator
+
+        d = self.discriminators[index]
+        s = self.image_sizes[index]
+
+        def fn(r):
+            images = jnp.zeros((2, s, s, 3))
+            trunk = d.init(r, images, train=False)
+            feats = d.apply(trunk, images, train=False)
+            sent = jnp.zeros((2, self.embedding_dim))
+            uncond = d.init(r, feats, train=False, method=Discriminator.uncond_logits)
+            cond = d.init(r, feats, sent, train=False, method=Discriminator.cond_logits)
+            return _merge(_merge(trunk, uncond), cond)
+
+        return self._init(fn, rng, abstract)
+
+    def init_caption_cnn(self, rng, abstract: bool = False) -> Variables:
+        s = self.image_sizes[-1]
+        return self._init(
+            lambda r: self.caption_cnn.init(r, jnp.zeros((2, s, s, 3)), train=False), rng, abstract
+        )
+
+    def init_caption_rnn(self, rng, abstract: bool = False) -> Variables:
+        tokens, lengths = self._text()
+        feats = jnp.zeros((2, self.caption_rnn.embed_size))
+        return self._init(lambda r: self.caption_rnn.init(r, feats, tokens, lengths), rng, abstract)
+
+    def init_image_encoder(self, rng, abstract: bool = False) -> Variables:
+        s = self.image_sizes[-1]
+        return self._init(
+            lambda r: self.image_encoder.init(r, jnp.zeros((2, s, s, 3)), train=False),
+            rng,
+            abstract,
+        )
+
+
+def _fast_key(rng: jax.Array) -> jax.Array:
+    """An 'rbg' key derived from `rng`, for initialisers only.
+
+    Threefry random bits compile slowly on XLA:CPU (a few seconds per dozen initialisers);
+    the RngBitGenerator-based 'rbg' keys compile several times faster. Initialisation runs
+    unsharded, so the result is deterministic for a given seed and backend. Training steps keep
+    the default (sharding-invariant) threefry keys.
+    """
+    data = jax.random.bits(rng, (4,), jnp.uint32)
+    return jax.random.wrap_key_data(data, impl="rbg")
+
+
+def count_params(variables: Variables) -> int:
+    """Number of trainable values ('params' collection; BN running statistics are buffers)."""
+    return int(sum(x.size for x in jax.tree.leaves(variables.get("params", {}))))
+
+
+def _merge(a: dict, b: dict) -> dict:
+    """Deep merge of two variable trees with disjoint leaves."""
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if k in out and isinstance(v, dict) else v
+    return out

@@ -1,0 +1,138 @@
+"""STREAM pretraining (`--mode=pretrain_stream`): the captioner on real training images
+prepared exactly as the generator's last stage sees them (SPEC 16.3): the 256 crop (the last
+stage size) in [-1, 1], bilinearly resized to the CNN's input, no ImageNet normalisation; the
+data set's own vocabulary; no start token; cross-entropy with teacher forcing.
+
+The backbone is frozen when ImageNet weights are supplied (`stream.freeze_backbone`, the
+official recipe) and trained otherwise; the Linear+BN head and the LSTM decoder always train.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from mirrorgan_jax import losses
+from mirrorgan_jax.networks import Networks
+
+
+@flax.struct.dataclass
+class StreamState:
+    step: jax.Array
+    params: Any  # {"cnn": ..., "rnn": ...}
+    batch_stats: Any  # caption CNN BN statistics
+    opt_state: Any
+
+
+def make_tx(config):
+    tx = optax.adam(config.stream.lr)
+    if not config.stream.freeze_backbone:
+        return tx
+
+    def labels(params):
+        return {
+            "cnn": {k: ("frozen" if k == "resnet" else "train") for k in params["cnn"]},
+            "rnn": jax.tree.map(lambda _: "train", params["rnn"]),
+        }
+
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+def init_state(nets: Networks, tx, rng, abstract: bool = False) -> StreamState:
+    def build(r):
+        kc, kr = jax.random.split(r)
+        cnn = nets.init_caption_cnn(kc)
+        rnn = nets.init_caption_rnn(kr)
+        params = {"cnn": cnn["params"], "rnn": rnn["params"]}
+        return StreamState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            batch_stats=cnn.get("batch_stats", {}),
+            opt_state=tx.init(params),
+        )
+
+    return jax.eval_shape(build, rng) if abstract else jax.jit(build)(rng)
+
+
+def caption_logits(nets: Networks, params, batch_stats, images, tokens, lengths, train: bool):
+    feats, upd = nets.caption_cnn.apply(
+        {"params": params["cnn"], "batch_stats": batch_stats},
+        images,
+        train=train,
+        mutable=["batch_stats"],
+    )
+    logits = nets.caption_rnn.apply({"params": params["rnn"]}, feats, tokens, lengths)
+    return logits.astype(jnp.float32), upd.get("batch_stats", batch_stats)
+
+
+def train_step(state: StreamState, batch, rng, *, nets: Networks, tx):
+    del rng  # the captioner has no stochastic layers
+
+    def loss_fn(params):
+        logits, stats = caption_logits(
+            nets,
+            params,
+            state.batch_stats,
+            batch["images"][-1],
+            batch["tokens"],
+            batch["lengths"],
+            True,
+        )
+        ce = losses.caption_cross_entropy(logits, batch["tokens"], batch["lengths"])
+        acc = token_accuracy(logits, batch["tokens"], batch["lengths"])
+        return ce, (stats, acc)
+
+    (ce, (stats, acc)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {
+        "stream/ce": ce,
+        "stream/token_accuracy": acc,
+        "stream/grad_norm": optax.global_norm(grads),
+    }
+    return StreamState(state.step + 1, params, stats, opt_state), metrics
+
+
+def token_accuracy(logits, tokens, lengths):
+    """Fraction of valid positions whose argmax is the target token (teacher forcing)."""
+    valid = jnp.arange(tokens.shape[1])[None, :] < lengths[:, None]
+    hit = (jnp.argmax(logits, axis=-1) == tokens) & valid
+    return jnp.sum(hit) / jnp.maximum(jnp.sum(valid), 1)
+
+
+def make_train_step(nets: Networks, tx):
+    return jax.jit(functools.partial(train_step, nets=nets, tx=tx), donate_argnums=(0,))
+
+
+def evaluate(nets: Networks, params, batch_stats, batches) -> dict:
+    """Teacher-forced token accuracy and cross-entropy over evaluation batches."""
+
+    @jax.jit
+    def scores(batch):
+        logits, _ = caption_logits(
+            nets,
+            params,
+            batch_stats,
+            batch["images"][-1],
+            batch["tokens"],
+            batch["lengths"],
+            False,
+        )
+        valid = jnp.sum(batch["lengths"])
+        ce = losses.caption_cross_entropy(logits, batch["tokens"], batch["lengths"])
+        return token_accuracy(logits, batch["tokens"], batch["lengths"]) * valid, ce * valid, valid
+
+    hits, ce, n = 0.0, 0.0, 0.0
+    for batch in batches:
+        a, c, v = scores(batch)
+        hits, ce, n = hits + float(a), ce + float(c), n + float(v)
+    return {
+        "token_accuracy": hits / max(n, 1.0),
+        "cross_entropy": ce / max(n, 1.0),
+        "tokens": int(n),
+    }

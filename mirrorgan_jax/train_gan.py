@@ -1,0 +1,253 @@
+"""MirrorGAN training (`--mode=train`): GLAM + CA against one discriminator per stage, plus the
+STREAM redescription loss, in the official update order (SPEC sections 8 and 9):
+
+  one G forward -> update every D on the stopped-gradient fakes -> G loss through the *updated*
+  Ds (+ lambda1 * STREAM cross-entropy on the last stage + KL) -> G update -> EMA of G.
+
+The G forward runs once: `jax.vjp` keeps its pullback, the Ds are updated on the fakes, and the
+G-loss gradient with respect to the fakes (and mu, logvar) is pulled back through it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from mirrorgan_jax import losses
+from mirrorgan_jax.models.discriminators import Discriminator
+from mirrorgan_jax.networks import Networks
+from mirrorgan_jax.observability import global_norm
+
+
+@flax.struct.dataclass
+class GanState:
+    """Everything the GAN stage optimises: G (with EMA) and one state per discriminator."""
+
+    step: jax.Array
+    g_params: Any
+    g_batch_stats: Any
+    g_opt: Any
+    ema_params: Any
+    d_params: tuple
+    d_batch_stats: tuple
+    d_opts: tuple
+
+
+@flax.struct.dataclass
+class Frozen:
+    """Frozen networks, passed as an argument, never optimised or saved with the GAN state."""
+
+    text_encoder: Any
+    caption_cnn: Any
+    caption_rnn: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class GanHyper:
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    ema_decay: float = 0.999
+    lambda1: float = 10.0
+
+    def g_tx(self):
+        return optax.adam(self.lr_g, b1=self.beta1, b2=self.beta2)
+
+    def d_tx(self):
+        return optax.adam(self.lr_d, b1=self.beta1, b2=self.beta2)
+
+    @classmethod
+    def from_config(cls, config) -> "GanHyper":
+        t = config.train
+        return cls(t.lr_g, t.lr_d, t.beta1, t.beta2, t.ema_decay, t.lambda1)
+
+
+def init_gan_state(nets: Networks, hyper: GanHyper, rng, abstract: bool = False) -> GanState:
+    """Fresh G (official init) and Ds; with abstract=True only shapes (for restore targets)."""
+
+    def build(r):
+        kg, *kd = jax.random.split(r, 1 + len(nets.discriminators))
+        g = nets.init_generator(kg)
+        ds = [nets.init_discriminator(i, k) for i, k in enumerate(kd)]
+        g_params = g["params"]
+        d_params = tuple(d["params"] for d in ds)
+        return GanState(
+            step=jnp.zeros((), jnp.int32),
+            g_params=g_params,
+            g_batch_stats=g.get("batch_stats", {}),
+            g_opt=hyper.g_tx().init(g_params),
+            ema_params=g_params,
+            d_params=d_params,
+            d_batch_stats=tuple(d.get("batch_stats", {}) for d in ds),
+            d_opts=tuple(hyper.d_tx().init(p) for p in d_params),
+        )
+
+    return jax.eval_shape(build, rng) if abstract else jax.jit(build)(rng)
+
+
+def encode_text(nets: Networks, frozen: Frozen, tokens, lengths):
+    """Frozen STEM in eval mode; outputs detached as the official code does."""
+    words, sent = nets.text_encoder.apply(frozen.text_encoder, tokens, lengths, train=False)
+    return jax.lax.stop_gradient(words), jax.lax.stop_gradient(sent)
+
+
+def _d_apply(d: Discriminator, params, stats, method, *args):
+    """One train-mode call of a D (trunk or a head); returns (output, updated BN stats)."""
+    out, upd = d.apply(
+        {"params": params, "batch_stats": stats},
+        *args,
+        train=True,
+        method=method,
+        mutable=["batch_stats"],
+    )
+    return out, _merge_stats(stats, upd.get("batch_stats", {}))
+
+
+def _merge_stats(old, new):
+    out = dict(old)
+    for k, v in new.items():
+        out[k] = _merge_stats(old[k], v) if isinstance(v, dict) and k in old else v
+    return out
+
+
+def discriminator_loss_fn(d: Discriminator, params, stats, real, fake, sent):
+    """Official discriminator_loss: separate train-mode forwards for real and fake; the
+    'wrong' pair is the cond head on real features[0:B-1] with sent[1:B] (SPEC 8)."""
+    f_real, stats = _d_apply(d, params, stats, Discriminator.__call__, real)
+    f_fake, stats = _d_apply(d, params, stats, Discriminator.__call__, fake)
+    cond_real, stats = _d_apply(d, params, stats, Discriminator.cond_logits, f_real, sent)
+    cond_fake, stats = _d_apply(d, params, stats, Discriminator.cond_logits, f_fake, sent)
+    cond_wrong, stats = _d_apply(d, params, stats, Discriminator.cond_logits, f_real[:-1], sent[1:])
+    uncond_real, stats = _d_apply(d, params, stats, Discriminator.uncond_logits, f_real)
+    uncond_fake, stats = _d_apply(d, params, stats, Discriminator.uncond_logits, f_fake)
+    loss = losses.discriminator_loss(uncond_real, cond_real, uncond_fake, cond_fake, cond_wrong)
+    return loss, stats
+
+
+def generator_adversarial(d: Discriminator, params, stats, fake, sent):
+    """BCE(U(D(fake)),1) + BCE(C(D(fake), s),1) through a train-mode D."""
+    f_fake, stats = _d_apply(d, params, stats, Discriminator.__call__, fake)
+    uncond, stats = _d_apply(d, params, stats, Discriminator.uncond_logits, f_fake)
+    cond, stats = _d_apply(d, params, stats, Discriminator.cond_logits, f_fake, sent)
+    return losses.generator_adversarial_loss(uncond, cond), stats
+
+
+def stream_cross_entropy(nets: Networks, frozen: Frozen, image, tokens, lengths):
+    """STREAM redescription loss on the last-stage image (frozen CNN in eval mode)."""
+    feats = nets.caption_cnn.apply(frozen.caption_cnn, image, train=False)
+    logits = nets.caption_rnn.apply(frozen.caption_rnn, feats, tokens, lengths)
+    return losses.caption_cross_entropy(logits.astype(jnp.float32), tokens, lengths)
+
+
+def train_step(
+    state: GanState, batch: dict, rng: jax.Array, frozen: Frozen, *, nets: Networks, hyper: GanHyper
+) -> tuple[GanState, dict]:
+    """One MirrorGAN iteration (pure; jit with `nets`/`hyper` bound)."""
+    tokens, lengths = batch["tokens"], batch["lengths"]
+    reals = batch["images"]
+    b = tokens.shape[0]
+    words, sent = encode_text(nets, frozen, tokens, lengths)
+    pad_mask = tokens == 0  # [B, T] True at pads, as (captions == 0)
+    k_z, k_eps = jax.random.split(rng)
+    z = jax.random.normal(k_z, (b, nets.z_dim), jnp.float32)
+
+    def g_forward(g_params):
+        out, upd = nets.generator.apply(
+            {"params": g_params, "batch_stats": state.g_batch_stats},
+            z,
+            sent,
+            words,
+            pad_mask,
+            train=True,
+            rngs={"noise": k_eps},
+            mutable=["batch_stats"],
+        )
+        images = tuple(x.astype(jnp.float32) for x in out.images)
+        return (images, out.mu, out.logvar), upd["batch_stats"]
+
+    (fakes, mu, logvar), g_pullback, g_stats = jax.vjp(g_forward, state.g_params, has_aux=True)
+
+    metrics = {}
+    d_params, d_stats, d_opts = [], [], []
+    for i, d in enumerate(nets.discriminators):
+        fake_i = jax.lax.stop_gradient(fakes[i])
+        (loss_d, stats), grads = jax.value_and_grad(
+            lambda p, d=d, i=i, fake_i=fake_i: discriminator_loss_fn(
+                d, p, state.d_batch_stats[i], reals[i], fake_i, sent
+            ),
+            has_aux=True,
+        )(state.d_params[i])
+        updates, opt = hyper.d_tx().update(grads, state.d_opts[i], state.d_params[i])
+        d_params.append(optax.apply_updates(state.d_params[i], updates))
+        d_stats.append(stats)
+        d_opts.append(opt)
+        size = nets.image_sizes[i]
+        metrics[f"d{size}/loss"] = loss_d
+        metrics[f"d{size}/grad_norm"] = global_norm(grads)
+
+    def g_loss_fn(fakes, mu, logvar):
+        total = 0.0
+        terms, stats_out = {}, []
+        for i, d in enumerate(nets.discriminators):
+            adv, stats = generator_adversarial(d, d_params[i], d_stats[i], fakes[i], sent)
+            terms[f"g/adv{nets.image_sizes[i]}"] = adv
+            stats_out.append(stats)
+            total = total + adv
+        ce = stream_cross_entropy(nets, frozen, fakes[-1], tokens, lengths)
+        kl = losses.kl_loss(mu, logvar)
+        total = total + hyper.lambda1 * ce + kl
+        terms.update({"g/stream_ce": ce, "g/kl": kl, "g/loss": total})
+        return total, (terms, tuple(stats_out))
+
+    (_, (terms, d_stats_after_g)), out_grads = jax.value_and_grad(
+        g_loss_fn, argnums=(0, 1, 2), has_aux=True
+    )(fakes, mu, logvar)
+    (g_grads,) = g_pullback(out_grads)
+    updates, g_opt = hyper.g_tx().update(g_grads, state.g_opt, state.g_params)
+    g_params = optax.apply_updates(state.g_params, updates)
+    decay = hyper.ema_decay
+    ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, g_params)
+    metrics.update(terms)
+    metrics["g/grad_norm"] = global_norm(g_grads)
+    metrics["g/param_norm"] = global_norm(g_params)
+    new_state = GanState(
+        step=state.step + 1,
+        g_params=g_params,
+        g_batch_stats=g_stats,
+        g_opt=g_opt,
+        ema_params=ema,
+        d_params=tuple(d_params),
+        d_batch_stats=tuple(d_stats_after_g),
+        d_opts=tuple(d_opts),
+    )
+    return new_state, metrics
+
+
+def make_train_step(nets: Networks, hyper: GanHyper, frozen: Frozen, donate: bool = True):
+    """The jitted `(state, batch, rng) -> (state, metrics)` with the frozen nets bound."""
+    step = functools.partial(train_step, nets=nets, hyper=hyper)
+    jitted = jax.jit(step, donate_argnums=(0,) if donate else ())
+    return lambda state, batch, rng: jitted(state, batch, rng, frozen)
+
+
+def generate(nets: Networks, g_params, g_batch_stats, frozen: Frozen, tokens, lengths, rng):
+    """Eval-mode G (BN running statistics; CA still samples, as official sampling does)."""
+    words, sent = encode_text(nets, frozen, tokens, lengths)
+    k_z, k_eps = jax.random.split(rng)
+    z = jax.random.normal(k_z, (tokens.shape[0], nets.z_dim), jnp.float32)
+    return nets.generator.apply(
+        {"params": g_params, "batch_stats": g_batch_stats},
+        z,
+        sent,
+        words,
+        tokens == 0,
+        train=False,
+        rngs={"noise": k_eps},
+    )

@@ -1,0 +1,135 @@
+"""The stage loop every training stage shares: exact resume, SIGTERM, non-finite stop, config
+mismatch. A toy model keeps it fast; the loop does not know what it trains."""
+
+import os
+import signal
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mirrorgan_jax import checkpoints, loop
+
+
+@flax.struct.dataclass
+class ToyState:
+    step: jax.Array
+    w: jax.Array
+
+
+def _init():
+    return ToyState(step=jnp.zeros((), jnp.int32), w=jnp.ones((4,), jnp.float32))
+
+
+ABSTRACT = jax.eval_shape(_init)
+
+
+def _batches(start):
+    """Batch k depends only on its global step, as the real pipeline guarantees."""
+    step = start
+    while True:
+        rs = np.random.RandomState(step)
+        yield {
+            "x": rs.normal(size=(8, 4)).astype(np.float32),
+            "y": rs.normal(size=(8,)).astype(np.float32),
+        }
+        step += 1
+
+
+@jax.jit
+def _step(state, batch, rng):
+    def loss_fn(w):
+        return jnp.mean((batch["x"] @ w - batch["y"]) ** 2)
+
+    loss, g = jax.value_and_grad(loss_fn)(state.w)
+    noise = 1e-3 * jax.random.normal(rng, g.shape)  # uses the step rng: resume must restore it
+    return ToyState(state.step + 1, state.w - 0.1 * (g + noise)), {"loss": loss}
+
+
+def _spec(tmp_path, total, every=2, meta=None):
+    return loop.StageSpec(
+        name="toy",
+        stage_dir=str(tmp_path),
+        total_steps=total,
+        checkpoint_every=every,
+        keep_checkpoints=3,
+        log_every=2,
+        meta=meta or {"model": {"width": 4}},
+        loss_keys=("loss",),
+    )
+
+
+def _run(tmp_path, total, step_fn=_step, **kw):
+    return loop.run_stage(
+        _spec(tmp_path, total, **kw), _init, ABSTRACT, step_fn, _batches, jax.random.key(0)
+    )
+
+
+def test_exact_resume(tmp_path):
+    full, _ = _run(tmp_path / "a", 8)
+    _run(tmp_path / "b", 4)
+    resumed, last = _run(tmp_path / "b", 8)
+    assert last == 8 and int(resumed.step) == 8
+    np.testing.assert_array_equal(np.asarray(full.w), np.asarray(resumed.w))
+    assert (tmp_path / "b" / "metrics.jsonl").exists()
+
+
+def test_finished_stage_is_skipped(tmp_path):
+    _run(tmp_path, 4)
+    calls = []
+
+    def counting_step(state, batch, rng):
+        calls.append(1)
+        return _step(state, batch, rng)
+
+    state, last = _run(tmp_path, 4, step_fn=counting_step)
+    assert last == 4 and not calls
+
+
+def test_sigterm_saves_and_stops_cleanly(tmp_path):
+    def step_then_signal(state, batch, rng):
+        out = _step(state, batch, rng)
+        if int(out[0].step) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    with pytest.raises(loop.Preempted, match="step 3"):
+        _run(tmp_path, 10, step_fn=step_then_signal, every=100)
+    ckpt = checkpoints.Checkpointer(str(tmp_path / "checkpoints"))
+    assert ckpt.latest_step() == 3
+    ckpt.close()
+    # the handler is gone after the stage: SIGTERM's default action is restored
+    assert signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, signal.default_int_handler, None)
+    full, _ = _run(tmp_path / "ref", 10)
+    resumed, _ = _run(tmp_path, 10)
+    np.testing.assert_array_equal(np.asarray(full.w), np.asarray(resumed.w))
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    def poisoned(state, batch, rng):
+        new, metrics = _step(state, batch, rng)
+        bad = new.step >= 3
+        return (
+            new.replace(w=jnp.where(bad, jnp.nan, new.w)),
+            {"loss": jnp.where(bad, jnp.nan, metrics["loss"])},
+        )
+
+    with pytest.raises(loop.NonFiniteLoss, match="step 3") as err:
+        _run(tmp_path, 10, step_fn=poisoned)
+    assert "step 2" in str(err.value)  # the last good checkpoint
+    ckpt = checkpoints.Checkpointer(str(tmp_path / "checkpoints"))
+    assert ckpt.latest_step() == 2
+    state, _ = ckpt.restore(2, ABSTRACT)
+    assert np.all(np.isfinite(np.asarray(state.w)))
+    ckpt.close()
+
+
+def test_config_mismatch_is_refused(tmp_path):
+    _run(tmp_path, 2)
+    with pytest.raises(checkpoints.ConfigMismatchError, match="width"):
+        _run(tmp_path, 4, meta={"model": {"width": 8}})
+    ckpt = checkpoints.Checkpointer(str(tmp_path / "checkpoints"))
+    assert ckpt.all_steps() == [2]  # nothing overwritten
+    ckpt.close()
