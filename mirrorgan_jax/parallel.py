@@ -138,7 +138,8 @@ def shardings_like(tree: Any, sharding: NamedSharding) -> Any:
 def detect_cluster(env: Mapping[str, str] | None = None) -> str | None:
     """Which multi-process launcher, if any, started this process.
 
-    Returns "requested" (MIRRORGAN_DISTRIBUTED=1), "explicit" (JAX_COORDINATOR_ADDRESS set and JAX_NUM_PROCESSES > 1 or unset),
+    Returns "requested" (MIRRORGAN_DISTRIBUTED=1), "explicit" (JAX_COORDINATOR_ADDRESS set and
+    JAX_NUM_PROCESSES > 1 or unset),
     "slurm" / "openmpi" (with more than one task), "tpu" (several TPU worker hostnames), or None
     (one process; nothing to initialise).
     """

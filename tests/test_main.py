@@ -1,4 +1,4 @@
-"""The command line: describe prints the official counts; bad modes, keys and values fail clearly."""
+"""The command line: describe prints official counts; bad modes, keys, values fail clearly."""
 
 import json
 import os

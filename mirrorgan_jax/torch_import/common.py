@@ -33,7 +33,9 @@ class StateDictReader:
     """Reads official keys from a state dict and reports missing / unused ones by name."""
 
     def __init__(self, state_dict: Mapping[str, np.ndarray], source: str = "checkpoint"):
-        self.sd = {k: np.asarray(v) for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
+        self.sd = {
+            k: np.asarray(v) for k, v in state_dict.items() if not k.endswith("num_batches_tracked")
+        }
         self.source = source
         self.used: set[str] = set()
 
@@ -60,7 +62,7 @@ class StateDictReader:
         return params, stats
 
     def lstm(self, prefix: str, suffix: str = "_l0") -> dict:
-        """Params of one LSTM direction (`layers.LSTMLayer`), e.g. prefix 'rnn', suffix '_l0_reverse'."""
+        """Params of one LSTM direction (`layers.LSTMLayer`), e.g. prefix "rnn", "_l0_reverse"."""
         return {
             "ih_kernel": linear_kernel(self.get(f"{prefix}.weight_ih{suffix}")),
             "ih_bias": self.get(f"{prefix}.bias_ih{suffix}"),
@@ -85,8 +87,12 @@ def check_against(
     `expected` may hold arrays or `jax.ShapeDtypeStruct`s (e.g. from `jax.eval_shape(model.init)`).
     `hint` names the config values that set these shapes (e.g. 'model.gf_dim, model.n_words').
     """
-    conv_flat = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(converted)}
-    exp_flat = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(expected)}
+    conv_flat = {
+        jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(converted)
+    }
+    exp_flat = {
+        jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(expected)
+    }
     for k in sorted(set(exp_flat) - set(conv_flat)):
         raise WeightMismatchError(f"{source}: no value for model variable {k}")
     for k in sorted(set(conv_flat) - set(exp_flat)):
@@ -95,6 +101,6 @@ def check_against(
         got = tuple(np.shape(conv_flat[k]))
         if got != tuple(e.shape):
             raise WeightMismatchError(
-                f"{source}: variable {k} has shape {got} in the checkpoint but the configured model "
+                f"{source}: variable {k} has shape {got} in the checkpoint but the model "
                 f"expects {tuple(e.shape)}" + (f"; check {hint}" if hint else "")
             )
