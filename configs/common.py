@@ -107,7 +107,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     e.r_precision_candidates = 100
     e.r_precision_folds = 10
     e.inception_weights = ""
-    e.classifier_steps = 2000
+    e.classifier_steps = 1500  # shapes attribute classifier (trained on real renders)
+    e.classifier_train_images = 10000
+    e.classifier_test_images = 2000
 
     # ---- released PyTorch weights for --mode=import_torch (.pth, or .npz with official keys) ----
     w = c.weights = ml_collections.ConfigDict()

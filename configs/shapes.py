@@ -33,18 +33,17 @@ def get_config(arg: str = ""):
     m.damsm_backbone = "tiny"
     m.damsm_image_size = 64
 
-    c.damsm.batch_size, c.damsm.steps, c.damsm.checkpoint_every = 32, 1500, 500
-    c.stream.batch_size, c.stream.steps, c.stream.checkpoint_every = 32, 1500, 500
+    c.damsm.batch_size, c.damsm.steps, c.damsm.checkpoint_every = 32, 800, 400
+    c.stream.batch_size, c.stream.steps, c.stream.checkpoint_every = 32, 800, 400
     c.stream.freeze_backbone = False
-    c.train.batch_size, c.train.steps, c.train.checkpoint_every = 16, 4000, 500
+    c.train.batch_size, c.train.steps, c.train.checkpoint_every = 16, 2000, 500
     c.train.log_every, c.train.image_every = 50, 500
     c.eval.num_images, c.eval.batch_size, c.eval.words_num = 2000, 50, 18
-    c.eval.classifier_steps = 1500
 
     if arg == "quick":
         c.data.shapes.update(num_train=2000, num_test=200, num_test_novel=100)
-        c.damsm.steps = c.stream.steps = 150
-        c.train.steps = 300
+        c.damsm.steps = c.stream.steps = 100
+        c.train.steps = 200
         c.damsm.checkpoint_every = c.stream.checkpoint_every = c.train.checkpoint_every = 100
         c.train.log_every, c.train.image_every = 25, 100
         c.eval.num_images, c.eval.classifier_steps = 200, 300
@@ -58,6 +57,7 @@ def get_config(arg: str = ""):
         c.damsm.checkpoint_every = c.stream.checkpoint_every = c.train.checkpoint_every = 2
         c.train.log_every, c.train.image_every = 2, 4
         c.eval.num_images, c.eval.batch_size, c.eval.classifier_steps = 16, 8, 4
+        c.eval.classifier_train_images, c.eval.classifier_test_images = 64, 16
         c.data.shuffle_buffer = 64
     elif arg:
         raise ValueError(

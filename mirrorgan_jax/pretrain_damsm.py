@@ -97,13 +97,13 @@ def train_step(state: DamsmState, batch, rng, *, nets: Networks, tx, gammas, gra
     (_, (metrics, stats)), grads = jax.value_and_grad(
         lambda p: damsm_losses(nets, p, state.batch_stats, batch, rng, gammas, True), has_aux=True
     )(state.params)
-    text_norm = optax.global_norm(grads["text"])
+    text_norm = optax.tree.norm(grads["text"])
     scale = jnp.minimum(1.0, grad_clip / (text_norm + 1e-6))
     grads = {**grads, "text": jax.tree.map(lambda g: g * scale, grads["text"])}
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics["damsm/text_grad_norm"] = text_norm
-    metrics["damsm/image_grad_norm"] = optax.global_norm(grads["image"])
+    metrics["damsm/image_grad_norm"] = optax.tree.norm(grads["image"])
     return DamsmState(state.step + 1, params, stats, opt_state), metrics
 
 

@@ -93,7 +93,7 @@ def train_step(state: StreamState, batch, rng, *, nets: Networks, tx):
     metrics = {
         "stream/ce": ce,
         "stream/token_accuracy": acc,
-        "stream/grad_norm": optax.global_norm(grads),
+        "stream/grad_norm": optax.tree.norm(grads),
     }
     return StreamState(state.step + 1, params, stats, opt_state), metrics
 

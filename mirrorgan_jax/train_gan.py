@@ -200,7 +200,10 @@ def train_step(
             terms[f"g/adv{nets.image_sizes[i]}"] = adv
             stats_out.append(stats)
             total = total + adv
-        ce = stream_cross_entropy(nets, frozen, fakes[-1], tokens, lengths)
+        if hyper.lambda1:
+            ce = stream_cross_entropy(nets, frozen, fakes[-1], tokens, lengths)
+        else:  # the ablation without STREAM: skip its forward/backward entirely
+            ce = jnp.zeros((), jnp.float32)
         kl = losses.kl_loss(mu, logvar)
         total = total + hyper.lambda1 * ce + kl
         terms.update({"g/stream_ce": ce, "g/kl": kl, "g/loss": total})

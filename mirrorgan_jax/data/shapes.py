@@ -329,7 +329,7 @@ def generate_records(
     """
     jobs = [(i, split, seed, image_size) for i in range(num)]
     workers = num_workers or min(os.cpu_count() or 1, 8)
-    if workers <= 1 or num < 64:
+    if workers <= 1 or num < 1024:  # small sets (tests) stay in process: no fork
         yield from map(_encoded_example, jobs)
         return
     # fork (not spawn, which re-imports the caller's __main__): the workers only run numpy and

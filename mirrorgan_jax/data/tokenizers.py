@@ -188,9 +188,12 @@ class SentencePieceTokenizer(Tokenizer):
     kind = "sentencepiece"
     unk_id = 1
 
-    def __init__(self, model_proto: bytes):
+    def __init__(self, model_proto: bytes, words: Iterable[str] | None = None):
+        """`words`: the distinct words of the training captions; a caption word outside them
+        is reported by `unknown_words` even when the pieces can spell it."""
         import sentencepiece as spm
 
+        self.words = frozenset(words) if words is not None else None
         self.model_proto = bytes(model_proto)
         self._sp = spm.SentencePieceProcessor(model_proto=self.model_proto)
         if self._sp.pad_id() != PAD_ID or self._sp.unk_id() != self.unk_id:
@@ -233,7 +236,7 @@ class SentencePieceTokenizer(Tokenizer):
             bos_id=-1,
             eos_id=-1,
         )
-        return cls(buf.getvalue())
+        return cls(buf.getvalue(), {w for s in sentences for w in s.split()})
 
     @property
     def vocab_size(self) -> int:
@@ -246,7 +249,10 @@ class SentencePieceTokenizer(Tokenizer):
             raise ValueError(f"empty caption {text!r}")
         return list(self._sp.encode(normal))
 
-    unknown_policy = "encoded as the unknown piece <unk>"
+    unknown_policy = (
+        "spelled with sentence pieces (not a word of the training captions; characters the "
+        "model never saw become <unk>)"
+    )
 
     def decode(self, ids: Iterable[int]) -> str:
         return self._sp.decode([int(i) for i in ids if int(i) != PAD_ID])
@@ -255,20 +261,32 @@ class SentencePieceTokenizer(Tokenizer):
         return [self._sp.id_to_piece(int(i)).replace("\u2581", "") or "_" for i in ids]
 
     def unknown_words(self, text: str) -> list[str]:
-        return [w for w in normalize(text).split() if self.unk_id in self._sp.encode(w)]
+        return [
+            w
+            for w in normalize(text).split()
+            if (self.words is not None and w not in self.words) or self.unk_id in self._sp.encode(w)
+        ]
 
     def save(self, path_dir: str | pathlib.Path) -> None:
         path = pathlib.Path(path_dir)
         path.mkdir(parents=True, exist_ok=True)
         (path / _SPM_FILE).write_bytes(self.model_proto)
-        (path / _CONFIG_FILE).write_text(json.dumps(dict(kind=self.kind, model=_SPM_FILE)))
+        config = dict(kind=self.kind, model=_SPM_FILE)
+        if self.words is not None:
+            (path / _WORDS_FILE).write_text("\n".join(sorted(self.words)) + "\n")
+            config["words"] = _WORDS_FILE
+        (path / _CONFIG_FILE).write_text(json.dumps(config))
 
     @classmethod
     def load(cls, path_dir: str | pathlib.Path) -> SentencePieceTokenizer:
         config = _read_config(path_dir, cls.kind)
-        return cls((pathlib.Path(path_dir) / config["model"]).read_bytes())
+        words = None
+        if "words" in config:
+            words = (pathlib.Path(path_dir) / config["words"]).read_text().split()
+        return cls((pathlib.Path(path_dir) / config["model"]).read_bytes(), words)
 
 
+_WORDS_FILE = "words.txt"
 _KINDS = {c.kind: c for c in (AttnGANTokenizer, SentencePieceTokenizer)}
 
 

@@ -73,8 +73,14 @@ def test_sentencepiece_round_trip_and_ids(spm_tok):
 
 
 def test_sentencepiece_unknown_words_and_empty(spm_tok):
-    assert spm_tok.unknown_words("a bird with xq feathers") == ["xq"]  # 'x', 'q' never seen
+    # "xq" has letters the model never saw (<unk>); "feathers" is no training word
+    assert spm_tok.unknown_words("a bird with xq feathers") == ["xq", "feathers"]
     assert spm_tok.unk_id in spm_tok.encode("xq")
+    # spelled with known letters but never a training word: still reported, and kept by save/load
+    word = "birdbeak"
+    assert word not in " ".join(CAPTIONS).split()
+    assert spm_tok.unknown_words(f"a {word} bird") == [word]
+    assert spm_tok.unk_id not in spm_tok.encode(word)
     for text in ("", "  \n"):
         with pytest.raises(ValueError, match="empty caption"):
             spm_tok.encode(text)
@@ -88,6 +94,7 @@ def test_sentencepiece_deterministic_save_load(spm_tok, tmp_path):
     back = T.load_tokenizer(tmp_path)
     assert isinstance(back, T.SentencePieceTokenizer)
     assert back.encode(CAPTIONS[1]) == spm_tok.encode(CAPTIONS[1])
+    assert back.words == spm_tok.words and back.words
 
 
 def test_encode_batch_padding_and_lengths(spm_tok):

@@ -1,0 +1,261 @@
+"""Speed and memory of the full MirrorGAN iteration, sampling and the input pipeline.
+
+  python -m mirrorgan_jax.benchmark --config=configs/cub.py --what=all --steps=5 \
+      [--config.train.batch_size=12] [--config.mixed_precision=bfloat16]
+
+Prints one JSON line per measurement, then a short table. Random weights and random data of
+the configured shapes (it measures compute, not accuracy). A calibration line (a jitted
+float32 2048x2048 matmul on the same devices) comes first, and every FLOP rate is also given
+as a fraction of it, so figures from different machines can be compared.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from mirrorgan_jax import configuration, parallel, train_gan  # noqa: E402
+from mirrorgan_jax.networks import Networks  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config.", lock_config=True)
+_WHAT = flags.DEFINE_enum("what", "all", ["train", "sample", "input", "all"], "What to measure.")
+_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps after one warm-up step.")
+_N_WORDS = flags.DEFINE_integer("n_words", 0, "Vocabulary size (0: config.model.n_words or 5450).")
+_SAMPLE_BATCH = flags.DEFINE_integer("sample_batch", 32, "Large batch for the sampling figure.")
+flags.mark_flags_as_required(["config"])
+
+
+def _emit(record: dict, rows: list) -> None:
+    print(json.dumps(record), flush=True)
+    rows.append(record)
+
+
+def peak_memory() -> dict:
+    """Peak host RSS and, where the backend reports it, peak device memory (GB)."""
+    out = {"peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        out["peak_device_gb"] = stats["peak_bytes_in_use"] / 1e9
+    return out
+
+
+def calibrate(n: int = 2048, reps: int = 20) -> float:
+    """FLOP/s of a jitted float32 n x n matmul (median of `reps`)."""
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        f(a).block_until_ready()
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / statistics.median(times)
+
+
+def random_batch(nets: Networks, batch: int, n_words: int, seed: int = 0) -> dict:
+    rs = np.random.RandomState(seed)
+    t = nets.words_num
+    lengths = np.sort(rs.randint(max(2, t // 2), t + 1, batch))[::-1].astype(np.int32)
+    tokens = rs.randint(1, n_words, (batch, t)).astype(np.int32)
+    tokens[np.arange(t)[None] >= lengths[:, None]] = 0
+    return {
+        "images": [
+            rs.uniform(-1, 1, (batch, s, s, 3)).astype(np.float32) for s in nets.image_sizes
+        ],
+        "tokens": tokens,
+        "lengths": lengths,
+        "class_id": np.arange(batch, dtype=np.int32),
+    }
+
+
+def _timed(fn, args, steps: int):
+    out = fn(*args)
+    jax.block_until_ready(out)
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        out = fn(*args)
+        jax.block_until_ready(out)
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def bench_train(config, nets, n_words, steps, calib, rows) -> float:
+    """The full iteration: STEM, G forward, 3 D updates, G loss with STREAM, G update, EMA."""
+    mesh = parallel.make_mesh()
+    hyper = train_gan.GanHyper.from_config(config)
+    rng = jax.random.key(0)
+    t0 = time.perf_counter()
+    state = jax.device_put(train_gan.init_gan_state(nets, hyper, rng), parallel.replicated(mesh))
+    frozen = jax.device_put(
+        train_gan.Frozen(
+            nets.init_text_encoder(rng), nets.init_caption_cnn(rng), nets.init_caption_rnn(rng)
+        ),
+        parallel.replicated(mesh),
+    )
+    init_s = time.perf_counter() - t0
+    b = config.train.batch_size
+    batch = parallel.shard_batch(mesh, random_batch(nets, b, n_words))
+    step = jax.jit(
+        lambda s, bt, r, f: train_gan.train_step(s, bt, r, f, nets=nets, hyper=hyper),
+        donate_argnums=(0,),
+    )
+    t0 = time.perf_counter()
+    compiled = step.lower(state, batch, rng, frozen).compile()
+    compile_s = time.perf_counter() - t0
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    flops = float((cost or {}).get("flops", 0.0))
+    times = []
+    state, m = compiled(state, batch, rng, frozen)  # warm-up
+    jax.block_until_ready(m)
+    for i in range(steps):
+        t = time.perf_counter()
+        state, m = compiled(state, batch, jax.random.fold_in(rng, i), frozen)
+        jax.block_until_ready(m)
+        times.append(time.perf_counter() - t)
+    med = statistics.median(times)
+    rec = {
+        "what": "train",
+        "batch": b,
+        "devices": jax.device_count(),
+        "device_kind": jax.devices()[0].device_kind,
+        "dtype": config.mixed_precision,
+        "image_sizes": list(nets.image_sizes),
+        "median_s": med,
+        "min_s": min(times),
+        "images_per_s": b / med,
+        "compile_s": compile_s,
+        "init_s": init_s,
+        "flops_per_step": flops,
+        "achieved_flops_per_s": flops / med if flops else None,
+        "fraction_of_calibration": (flops / med / calib) if flops else None,
+        "g_loss": float(m["g/loss"]),
+        **peak_memory(),
+    }
+    _emit(rec, rows)
+    return b / med
+
+
+def bench_sample(config, nets, n_words, steps, rows) -> None:
+    """EMA generator (eval mode) + STEM: batch-1 latency and a large batch."""
+    rng = jax.random.key(0)
+    g = nets.init_generator(rng)
+    te = nets.init_text_encoder(rng)
+    frozen = train_gan.Frozen(text_encoder=te, caption_cnn=None, caption_rnn=None)
+    gen = jax.jit(
+        lambda t, ln, r: train_gan.generate(
+            nets, g["params"], g["batch_stats"], frozen, t, ln, r
+        ).images[-1]
+    )
+    for b in (1, _SAMPLE_BATCH.value):
+        batch = random_batch(nets, b, n_words)
+        times = _timed(gen, (batch["tokens"], batch["lengths"], rng), steps)
+        med = statistics.median(times)
+        _emit(
+            {
+                "what": "sample",
+                "batch": b,
+                "image_size": nets.image_sizes[-1],
+                "median_s": med,
+                "min_s": min(times),
+                "images_per_s": b / med,
+                "dtype": config.mixed_precision,
+                **peak_memory(),
+            },
+            rows,
+        )
+
+
+def bench_input(config, steps, train_images_per_s, rows) -> None:
+    """tf.data throughput at the config's image sizes, from a small generated shapes set."""
+    from mirrorgan_jax.data import input_pipeline, shapes, tokenizers
+
+    sizes = configuration.image_sizes(config)
+    with tempfile.TemporaryDirectory() as tmp:
+        builder = shapes.Shapes(
+            data_dir=tmp, num_train=256, num_test=8, num_test_novel=8, image_size=max(sizes), seed=0
+        )
+        builder.download_and_prepare()
+        tok = tokenizers.build_tokenizer(
+            "sentencepiece", builder.captions["train"], builder.captions["train"]
+        )
+        b = config.train.batch_size
+        it = input_pipeline.create_dataset(
+            tmp,
+            "shapes",
+            "train",
+            tok,
+            sizes,
+            b,
+            config.data.words_num,
+            seed=0,
+            shuffle_buffer=256,
+        )
+        next(it)
+        n = max(steps * 10, 50)
+        t = time.perf_counter()
+        for _ in range(n):
+            next(it)
+        rate = n * b / (time.perf_counter() - t)
+    rec = {"what": "input", "image_sizes": list(sizes), "batch": b, "images_per_s": rate}
+    if train_images_per_s:
+        rec["ratio_to_train_step"] = rate / train_images_per_s
+    _emit(rec, rows)
+
+
+def main(argv) -> None:
+    del argv
+    config = _CONFIG.value
+    configuration.validate(config)
+    n_words = _N_WORDS.value or config.model.n_words or 5450
+    nets = Networks.from_config(config, n_words=n_words)
+    what = _WHAT.value
+    steps = _STEPS.value
+    rows: list = []
+    calib = calibrate()
+    _emit(
+        {
+            "what": "calibration",
+            "matmul_2048_f32_flops_per_s": calib,
+            "devices": jax.device_count(),
+            "device_kind": jax.devices()[0].device_kind,
+        },
+        rows,
+    )
+    train_rate = None
+    if what in ("train", "all"):
+        train_rate = bench_train(config, nets, n_words, steps, calib, rows)
+    if what in ("sample", "all"):
+        bench_sample(config, nets, n_words, steps, rows)
+    if what in ("input", "all"):
+        bench_input(config, steps, train_rate, rows)
+    print("\n| what | batch | median s | images/s | note |\n|---|---|---|---|---|")
+    for r in rows[1:]:
+        note = ""
+        if r.get("fraction_of_calibration"):
+            note = f"{r['fraction_of_calibration']:.2f} of matmul FLOP/s"
+        if r.get("ratio_to_train_step"):
+            note = f"{r['ratio_to_train_step']:.1f}x the train step's need"
+        if "peak_rss_gb" in r:
+            note += f"; peak RSS {r['peak_rss_gb']:.2f} GB"
+        print(
+            f"| {r['what']} | {r.get('batch', '')} | {r.get('median_s', float('nan')):.3f} | "
+            f"{r['images_per_s']:.2f} | {note} |"
+        )
+
+
+if __name__ == "__main__":
+    app.run(main)
