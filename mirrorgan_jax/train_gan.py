@@ -22,7 +22,6 @@ import optax
 from mirrorgan_jax import losses
 from mirrorgan_jax.models.discriminators import Discriminator
 from mirrorgan_jax.networks import Networks
-from mirrorgan_jax.observability import global_norm
 
 
 @flax.struct.dataclass
@@ -190,7 +189,7 @@ def train_step(
         d_opts.append(opt)
         size = nets.image_sizes[i]
         metrics[f"d{size}/loss"] = loss_d
-        metrics[f"d{size}/grad_norm"] = global_norm(grads)
+        metrics[f"d{size}/grad_norm"] = optax.tree.norm(grads)
 
     def g_loss_fn(fakes, mu, logvar):
         total = 0.0
@@ -218,8 +217,8 @@ def train_step(
     decay = hyper.ema_decay
     ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, g_params)
     metrics.update(terms)
-    metrics["g/grad_norm"] = global_norm(g_grads)
-    metrics["g/param_norm"] = global_norm(g_params)
+    metrics["g/grad_norm"] = optax.tree.norm(g_grads)
+    metrics["g/param_norm"] = optax.tree.norm(g_params)
     new_state = GanState(
         step=state.step + 1,
         g_params=g_params,
