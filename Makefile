@@ -23,10 +23,10 @@ run: $(STAMP)
 	$(PY) -m mirrorgan_jax.main --config=$(CONFIG) --workdir=$(WORKDIR)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check mirrorgan_jax configs tests
+	$(VENV)/bin/ruff check mirrorgan_jax configs tests launch
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check mirrorgan_jax configs tests
+	$(VENV)/bin/ruff check mirrorgan_jax configs tests launch
 	$(PY) -m pytest -n 2 --dist loadfile tests
 
 clean:

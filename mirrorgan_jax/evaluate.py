@@ -22,7 +22,6 @@ from mirrorgan_jax import (
     configuration,
     parallel,
     pipeline,
-    pretrain_damsm,
     sample,
     stages,
     train_gan,
@@ -64,13 +63,7 @@ class Evaluator:
         g_params, g_stats, text_vars, self.step = sample.load_generator(
             config, workdir, self.nets, self.mesh
         )
-        meta = {"model": pipeline.model_fingerprint(config)}
-        damsm_abs = pretrain_damsm.init_state(
-            self.nets, pretrain_damsm.make_tx(config, 1), jax.random.key(0), abstract=True
-        )
-        damsm, _ = stages.restore_final(
-            os.path.join(workdir, "damsm"), stages._abstract(self.mesh, damsm_abs), meta, "DAMSM"
-        )
+        damsm = stages.restore_damsm(config, workdir, self.nets, self.mesh)
         nets = self.nets
         frozen = train_gan.Frozen(text_encoder=text_vars, caption_cnn=None, caption_rnn=None)
         image_vars = {"params": damsm.params["image"], "batch_stats": damsm.batch_stats}

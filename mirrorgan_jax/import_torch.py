@@ -65,7 +65,6 @@ def import_all(config, workdir: str) -> dict:
         )
     nets = Networks.from_config(config, n_words=config.model.n_words or _n_words(config, workdir))
     rng = jax.random.key(0)
-    meta = {"model": pipeline.model_fingerprint(config)}
     states = {}
 
     # Convert and check everything first: nothing is written if any file does not fit.
@@ -166,7 +165,12 @@ def import_all(config, workdir: str) -> dict:
             ckpt.save(
                 0,
                 jax.device_put(state, parallel.replicated(mesh)),
-                meta={**meta, "step": 0, "final": final, "imported": True},
+                meta={
+                    "model": pipeline.model_fingerprint(config, name),
+                    "step": 0,
+                    "final": final,
+                    "imported": True,
+                },
                 force=True,
             )
             ckpt.wait_until_finished()

@@ -28,9 +28,34 @@ def data_dir(config, workdir: str) -> str:
     return config.data.data_dir or os.path.join(workdir, "data")
 
 
-def model_fingerprint(config) -> dict:
-    """The config values that decide network shapes and behaviour (checked on restore)."""
-    return json.loads(config.model.to_json())
+_STAGE_FIELDS = {
+    "damsm": (
+        "n_words",
+        "word_embedding_dim",
+        "text_embedding_dim",
+        "text_dropout",
+        "damsm_backbone",
+        "damsm_image_size",
+    ),
+    "stream": (
+        "n_words",
+        "stream_backbone",
+        "stream_embed_size",
+        "stream_hidden_size",
+        "stream_image_size",
+        "base_size",
+        "branch_num",
+    ),
+}
+
+
+def model_fingerprint(config, stage: str = "gan") -> dict:
+    """The model config values that decide a stage's networks (saved with and checked against
+    its checkpoints). The GAN stage depends on all of them; DAMSM and STREAM only on their own
+    networks, so their checkpoints can be shared by runs that differ only in the generator."""
+    model = json.loads(config.model.to_json())
+    fields = _STAGE_FIELDS.get(stage)
+    return model if fields is None else {k: model[k] for k in fields}
 
 
 def write_config(config, workdir: str) -> None:
@@ -139,7 +164,7 @@ def stage_spec(name: str, workdir: str, total: int, stage_cfg, config, loss_keys
         checkpoint_every=stage_cfg.checkpoint_every,
         keep_checkpoints=getattr(stage_cfg, "keep_checkpoints", 2),
         log_every=getattr(stage_cfg, "log_every", 100),
-        meta={"model": model_fingerprint(config)},
+        meta={"model": model_fingerprint(config, name)},
         loss_keys=loss_keys,
     )
 

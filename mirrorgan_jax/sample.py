@@ -12,7 +12,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from mirrorgan_jax import parallel, pipeline, pretrain_damsm, stages, train_gan, visualize
+from mirrorgan_jax import parallel, pipeline, stages, train_gan, visualize
 
 
 class SamplingError(ValueError):
@@ -53,12 +53,7 @@ def load_generator(config, workdir: str, nets, mesh):
         mesh, train_gan.init_gan_state(nets, hyper, jax.random.key(0), abstract=True)
     )
     gan, step = stages.restore_final(gan_dir, abstract, meta, "generator")
-    damsm_abs = pretrain_damsm.init_state(
-        nets, pretrain_damsm.make_tx(config, 1), jax.random.key(0), abstract=True
-    )
-    damsm, _ = stages.restore_final(
-        os.path.join(workdir, "damsm"), stages._abstract(mesh, damsm_abs), meta, "DAMSM"
-    )
+    damsm = stages.restore_damsm(config, workdir, nets, mesh)
     return gan.ema_params, gan.g_batch_stats, {"params": damsm.params["text"]}, step
 
 

@@ -150,18 +150,28 @@ def restore_final(stage_dir: str, abstract, meta: dict, what: str):
         ckpt.close()
 
 
+def restore_damsm(config, workdir: str, nets, mesh):
+    """The DAMSM state (text + image encoders) of a finished or imported DAMSM stage."""
+    abstract = pretrain_damsm.init_state(
+        nets, pretrain_damsm.make_tx(config, 1), jax.random.key(0), abstract=True
+    )
+    meta = {"model": pipeline.model_fingerprint(config, "damsm")}
+    state, _ = restore_final(
+        os.path.join(workdir, "damsm"), _abstract(mesh, abstract), meta, "DAMSM"
+    )
+    return state
+
+
 def load_frozen(config, workdir: str, nets, mesh) -> train_gan.Frozen:
     """STEM from W/damsm and STREAM from W/stream (pretrained or imported)."""
-    meta = {"model": pipeline.model_fingerprint(config)}
     rng = jax.random.key(0)
-    spe = 1
-    damsm_abs = pretrain_damsm.init_state(nets, pretrain_damsm.make_tx(config, spe), rng, True)
-    damsm, _ = restore_final(
-        os.path.join(workdir, "damsm"), _abstract(mesh, damsm_abs), meta, "DAMSM"
-    )
+    damsm = restore_damsm(config, workdir, nets, mesh)
     stream_abs = pretrain_stream.init_state(nets, pretrain_stream.make_tx(config), rng, True)
     stream, _ = restore_final(
-        os.path.join(workdir, "stream"), _abstract(mesh, stream_abs), meta, "STREAM"
+        os.path.join(workdir, "stream"),
+        _abstract(mesh, stream_abs),
+        {"model": pipeline.model_fingerprint(config, "stream")},
+        "STREAM",
     )
     return train_gan.Frozen(
         text_encoder={"params": damsm.params["text"]},

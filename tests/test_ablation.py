@@ -1,0 +1,63 @@
+"""launch/ablation.py: the run plan shares pretraining, and the table reaches the README."""
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+spec = importlib.util.spec_from_file_location(
+    "ablation", os.path.join(ROOT, "launch", "ablation.py")
+)
+ablation = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(ablation)
+
+
+def test_plan_pretrains_once_per_seed_and_varies_only_the_gan(tmp_path):
+    runs = ablation.plan("configs/shapes.py", str(tmp_path), [1, 2])
+    modes = [[a for a in args if a.startswith("--mode=")][0] for _, args, _ in runs]
+    assert modes.count("--mode=pretrain_damsm") == 2 and modes.count("--mode=train") == 6
+    for workdir, args, base in runs:
+        if "--mode=train" in args:
+            assert base and base.endswith("base") and os.path.basename(workdir) in ablation.VARIANTS
+    no_stream = [a for w, a, _ in runs if w.endswith("no_stream") and "--mode=train" in a][0]
+    assert "--config.train.lambda1=0.0" in no_stream
+    no_sent = [a for w, a, _ in runs if w.endswith("no_sentence_attention")][0]
+    assert "--config.model.sentence_attention=False" in no_sent
+
+
+def _metrics(all_correct, r1):
+    split = {
+        "semantic_accuracy": {
+            "all_correct": all_correct,
+            "colour": 0.9,
+            "shape": 0.5,
+            "size": 0.8,
+            "layout": 0.7,
+        },
+        "r_precision": {"top1_mean": r1},
+        "domain_fid": 3.0,
+    }
+    return {"splits": {"test": split, "test_novel": split}}
+
+
+def test_table_mean_and_spread_into_the_readme(tmp_path):
+    for s, value in ((1, 0.2), (2, 0.4)):
+        for name in ablation.VARIANTS:
+            d = tmp_path / f"seed{s}" / name / "eval"
+            d.mkdir(parents=True)
+            (d / "metrics.json").write_text(json.dumps(_metrics(value, value / 2)))
+    table = ablation.summarise(str(tmp_path), [1, 2])
+    mean, spread = table["mirrorgan"]["test"]["all-correct"]
+    assert mean == pytest.approx(0.3) and spread == pytest.approx(0.1)
+    text = ablation.to_markdown(table, [1, 2], 600.0, "configs/shapes.py")
+    assert "0.300 +- 0.100" in text and "**test_novel**" in text and "10 min" in text
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{ablation.START}\nold\n{ablation.END}\noutro\n")
+    ablation.write_readme(str(readme), text)
+    content = readme.read_text()
+    assert "old" not in content and "0.300 +- 0.100" in content and content.endswith("outro\n")
+    (tmp_path / "plain.md").write_text("no markers")
+    with pytest.raises(ValueError, match="markers"):
+        ablation.write_readme(str(tmp_path / "plain.md"), text)
