@@ -18,7 +18,6 @@ _CHOICES = {
     "data.tokenizer": ("sentencepiece", "attngan"),
     "model.word_attention_mask": ("official", "per_sample"),
     "model.sentence_attention_softmax": ("channel", "spatial"),
-    "model.stream_backbone": ("resnet152", "resnet50", "resnet18", "resnet_tiny", "resnet_1111"),
     "model.damsm_backbone": ("inception_v3", "tiny"),
     "mixed_precision": ("float32", "bfloat16"),
 }
@@ -61,6 +60,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
         value = _get(config, key)
         if not isinstance(value, int) or value <= 0:
             raise ConfigError(f"config.{key}={value!r}: expected a positive integer")
+    from mirrorgan_jax.models.resnet import resnet_spec
+
+    try:
+        resnet_spec(config.model.stream_backbone)
+    except (KeyError, ValueError) as e:
+        raise ConfigError(
+            f"config.model.stream_backbone={config.model.stream_backbone!r}: {e}"
+        ) from None
     if config.model.text_embedding_dim % 2:
         raise ConfigError(
             f"config.model.text_embedding_dim={config.model.text_embedding_dim}: must be even "
