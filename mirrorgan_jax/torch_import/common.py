@@ -9,7 +9,7 @@ fails with the key, both shapes and the config value to change, before anything 
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import jax
 import numpy as np
@@ -104,3 +104,21 @@ def check_against(
                 f"{source}: variable {k} has shape {got} in the checkpoint but the model "
                 f"expects {tuple(e.shape)}" + (f"; check {hint}" if hint else "")
             )
+
+
+def basic_conv_paths(tree: Mapping, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    """Paths of every Inception BasicConv2d (a dict holding exactly 'conv' and 'bn')."""
+    for name, sub in tree.items():
+        if not isinstance(sub, Mapping):
+            continue
+        if set(sub) == {"conv", "bn"}:
+            yield prefix + (name,)
+        else:
+            yield from basic_conv_paths(sub, prefix + (name,))
+
+
+def set_path(tree: dict, path: tuple[str, ...], value) -> None:
+    """tree[path[0]][path[1]]... = value, creating the dicts on the way."""
+    for p in path[:-1]:
+        tree = tree.setdefault(p, {})
+    tree[path[-1]] = value

@@ -18,7 +18,7 @@ batch_stats {trunk}.
 from __future__ import annotations
 
 import functools
-from typing import Iterator, Mapping
+from typing import Mapping
 
 import flax.linen as nn
 import jax
@@ -27,7 +27,13 @@ import numpy as np
 
 from mirrorgan_jax.models.image_encoder import ImageEncoder
 from mirrorgan_jax.models.inception import InceptionV3
-from mirrorgan_jax.torch_import.common import StateDictReader, WeightMismatchError, check_against
+from mirrorgan_jax.torch_import.common import (
+    StateDictReader,
+    WeightMismatchError,
+    basic_conv_paths,
+    check_against,
+    set_path,
+)
 
 StateDict = Mapping[str, np.ndarray]
 
@@ -41,31 +47,16 @@ def _abstract_model(model: nn.Module) -> dict:
     return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 299, 299, 3)), False))
 
 
-def _basic_conv_paths(tree: Mapping, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
-    """Paths of every BasicConv2d (a dict holding exactly 'conv' and 'bn') in a params tree."""
-    for name, sub in tree.items():
-        if set(sub) == {"conv", "bn"}:
-            yield prefix + (name,)
-        else:
-            yield from _basic_conv_paths(sub, prefix + (name,))
-
-
-def _set(tree: dict, path: tuple[str, ...], value) -> None:
-    for p in path[:-1]:
-        tree = tree.setdefault(p, {})
-    tree[path[-1]] = value
-
-
 def _trunk(reader: StateDictReader) -> tuple[dict, dict]:
     """(params, batch_stats) of models.inception.InceptionV3 from `reader`."""
     expected = _abstract_model(InceptionV3())
     params: dict = {}
     stats: dict = {}
-    for path in _basic_conv_paths(expected["params"]):
+    for path in basic_conv_paths(expected["params"]):
         key = ".".join(path)
         bn_p, bn_s = reader.batch_norm(f"{key}.bn")
-        _set(params, path, {"conv": {"kernel": reader.conv(f"{key}.conv.weight")}, "bn": bn_p})
-        _set(stats, path, {"bn": bn_s})
+        set_path(params, path, {"conv": {"kernel": reader.conv(f"{key}.conv.weight")}, "bn": bn_p})
+        set_path(stats, path, {"bn": bn_s})
     variables = {"params": params, "batch_stats": stats}
     check_against(variables, expected, reader.source, "the Inception-v3 trunk is fixed-size")
     return params, stats

@@ -17,33 +17,21 @@ The file is one the user supplies (`config.eval.inception_weights`): `.npz` hold
 from __future__ import annotations
 
 import os
-from typing import Iterator, Mapping
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from mirrorgan_jax.models.fid_inception import FID_NUM_CLASSES, FIDInceptionV3
-from mirrorgan_jax.torch_import.common import StateDictReader, check_against
+from mirrorgan_jax.torch_import.common import (
+    StateDictReader,
+    basic_conv_paths,
+    check_against,
+    set_path,
+)
 
 StateDict = Mapping[str, np.ndarray]
-
-
-def _basic_conv_paths(tree: Mapping, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
-    """Paths of every BasicConv2d (a dict holding exactly 'conv' and 'bn') in a params tree."""
-    for name, sub in tree.items():
-        if not isinstance(sub, Mapping):
-            continue
-        if set(sub) == {"conv", "bn"}:
-            yield prefix + (name,)
-        else:
-            yield from _basic_conv_paths(sub, prefix + (name,))
-
-
-def _set(tree: dict, path: tuple[str, ...], value) -> None:
-    for p in path[:-1]:
-        tree = tree.setdefault(p, {})
-    tree[path[-1]] = value
 
 
 def expected_variables(num_classes: int = FID_NUM_CLASSES) -> dict:
@@ -65,11 +53,11 @@ def fid_inception_variables(sd: StateDict, source: str = "FID Inception checkpoi
     expected = expected_variables(num_classes)
     params: dict = {}
     stats: dict = {}
-    for path in _basic_conv_paths(expected["params"]):
+    for path in basic_conv_paths(expected["params"]):
         key = ".".join(path)
         bn_p, bn_s = reader.batch_norm(f"{key}.bn")
-        _set(params, path, {"conv": {"kernel": reader.conv(f"{key}.conv.weight")}, "bn": bn_p})
-        _set(stats, path, {"bn": bn_s})
+        set_path(params, path, {"conv": {"kernel": reader.conv(f"{key}.conv.weight")}, "bn": bn_p})
+        set_path(stats, path, {"bn": bn_s})
     params["fc"] = {"kernel": reader.linear("fc.weight"), "bias": reader.get("fc.bias")}
     reader.check_all_used()
     variables = {"params": params, "batch_stats": stats}
