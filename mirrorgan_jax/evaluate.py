@@ -178,7 +178,8 @@ class InceptionMetrics:
     def result(self, split, evaluator) -> dict:
         mu_r, sigma_r = self.reference(split, evaluator)
         mu_f, sigma_f = self.fake.statistics()
-        is_mean, is_std = inception_score.inception_score(np.concatenate(self.probs))
+        probs = np.concatenate(self.probs)
+        is_mean, is_std = inception_score.inception_score(probs, splits=min(10, len(probs)))
         return {
             "fid": fid.frechet_distance(mu_f, sigma_f, mu_r, sigma_r),
             "inception_score_mean": is_mean,
