@@ -36,7 +36,7 @@ def get_config(arg: str = ""):
     c.damsm.batch_size, c.damsm.steps, c.damsm.checkpoint_every = 32, 800, 400
     c.stream.batch_size, c.stream.steps, c.stream.checkpoint_every = 32, 800, 400
     c.stream.freeze_backbone = False
-    c.train.batch_size, c.train.steps, c.train.checkpoint_every = 16, 2000, 500
+    c.train.batch_size, c.train.steps, c.train.checkpoint_every = 16, 1700, 500
     c.train.log_every, c.train.image_every = 50, 500
     c.eval.num_images, c.eval.batch_size, c.eval.words_num = 2000, 50, 18
 
