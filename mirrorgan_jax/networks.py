@@ -80,22 +80,11 @@ class Networks:
         return self._init(fn, rng, abstract)
 
     def init_discriminator(self, index: int, rng, abstract: bool = False) -> Variables:
-        """Trunk and both heads (each head is its own method, so three inits are merged)."""
-        from mirrorgan_jax.models.discriminators import Discriminator
+        """Trunk and both heads (`discriminators.init_discriminator` merges the three inits)."""
+        from mirrorgan_jax.models.discriminators import init_discriminator
 
         d = self.discriminators[index]
-        s = self.image_sizes[index]
-
-        def fn(r):
-            images = jnp.zeros((2, s, s, 3))
-            trunk = d.init(r, images, train=False)
-            feats = d.apply(trunk, images, train=False)
-            sent = jnp.zeros((2, self.embedding_dim))
-            uncond = d.init(r, feats, train=False, method=Discriminator.uncond_logits)
-            cond = d.init(r, feats, sent, train=False, method=Discriminator.cond_logits)
-            return _merge(_merge(trunk, uncond), cond)
-
-        return self._init(fn, rng, abstract)
+        return self._init(lambda r: init_discriminator(d, r, self.embedding_dim), rng, abstract)
 
     def init_caption_cnn(self, rng, abstract: bool = False) -> Variables:
         s = self.image_sizes[-1]
@@ -132,11 +121,3 @@ def _fast_key(rng: jax.Array) -> jax.Array:
 def count_params(variables: Variables) -> int:
     """Number of trainable values ('params' collection; BN running statistics are buffers)."""
     return int(sum(x.size for x in jax.tree.leaves(variables.get("params", {}))))
-
-
-def _merge(a: dict, b: dict) -> dict:
-    """Deep merge of two variable trees with disjoint leaves."""
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _merge(out[k], v) if k in out and isinstance(v, dict) else v
-    return out

@@ -7,7 +7,6 @@ import os
 from typing import Any, Mapping
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from clu import metric_writers
 from clu.metric_writers import interface
@@ -64,14 +63,6 @@ def make_writer(stage_dir: str) -> metric_writers.MetricWriter:
             metric_writers.LoggingWriter(),
         ]
     )
-
-
-def global_norm(tree) -> jax.Array:
-    """l2 norm over every leaf of a pytree (float32)."""
-    leaves = jax.tree.leaves(tree)
-    if not leaves:
-        return jnp.zeros((), jnp.float32)
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
 
 
 def parameter_overview(name: str, params) -> str:
