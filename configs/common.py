@@ -92,6 +92,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     t.beta1 = 0.5
     t.beta2 = 0.999
     t.ema_decay = 0.999
+    t.ema_warmup = False  # True: decay min(ema_decay, (1+t)/(10+t)) for short runs
     t.lambda1 = 10.0  # STREAM weight (TRAIN.SMOOTH.LAMBDA1)
     t.checkpoint_every = 2000
     t.keep_checkpoints = 3

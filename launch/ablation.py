@@ -1,13 +1,15 @@
 """The paper's claim on `shapes`: does redescription (STREAM) make images match their text?
 
   python launch/ablation.py [--config=configs/shapes.py] [--seeds=1,2] [--root=runs/ablation]
-                            [--readme=README.md] [--dry_run]
+                            [--train_steps=N] [--readme=README.md] [--dry_run]
 
 For each seed: one run prepares the data (shared by all runs) and pretrains DAMSM and STREAM;
 each variant copies those two finished stages and trains/evaluates its own generator:
   mirrorgan              lambda1 = 10 (the released value)
   no_stream              lambda1 = 0 (no redescription loss)
   no_sentence_attention  lambda1 = 10, GLAM without the sentence-level attention
+Every run is scored by one attribute classifier (the measuring instrument): the first eval trains
+it and the others reuse its file. `--train_steps` shortens every GAN run (the table says so).
 The table (semantic accuracy, all-correct, R-precision, domain FID; mean +- spread over seeds;
 `test` and `test_novel`) goes to <root>/ablation.md and, between the markers
 `<!-- ablation:start -->` / `<!-- ablation:end -->`, into the README, with the run time.
@@ -45,13 +47,20 @@ COLUMNS = (
 START, END = "<!-- ablation:start -->", "<!-- ablation:end -->"
 
 
-def plan(config: str, root: str, seeds: list[int]) -> list[tuple[str, list[str], str | None]]:
+CLASSIFIER = os.path.join("eval", "shapes_classifier.npz")
+
+
+def plan(
+    config: str, root: str, seeds: list[int], train_steps: int = 0
+) -> list[tuple[str, list[str], str | None]]:
     """(workdir, main arguments, base workdir to copy damsm/stream from) for every run."""
     data = os.path.join(root, "data")
     runs = []
     for s in seeds:
         base = os.path.join(root, f"seed{s}", "base")
         common = [f"--config={config}", f"--config.seed={s}", f"--config.data.data_dir={data}"]
+        if train_steps:
+            common.append(f"--config.train.steps={train_steps}")
         for mode in ("prepare", "pretrain_damsm", "pretrain_stream"):
             runs.append((base, common + [f"--mode={mode}"], None))
         for name, flags in VARIANTS.items():
@@ -81,11 +90,15 @@ def summarise(root: str, seeds: list[int]) -> dict:
     return table
 
 
-def to_markdown(table: dict, seeds: list[int], seconds: float, config: str) -> str:
+def to_markdown(
+    table: dict, seeds: list[int], seconds: float, config: str, train_steps: int = 0
+) -> str:
+    steps = f", GAN shortened to {train_steps} steps" if train_steps else ""
     lines = [
-        f"Config `{config}`, seeds {seeds}; mean +- half the range over seeds; run time "
-        f"{seconds / 60:.0f} min on this machine. Semantic accuracies from the attribute "
-        "classifier (fractions of images); R-precision from the DAMSM encoders.",
+        f"Config `{config}`{steps}, seeds {seeds}; mean +- half the range over seeds; run time "
+        f"{seconds / 60:.0f} min on this machine. Semantic accuracies from one attribute "
+        "classifier shared by every run (fractions of images); R-precision from each run's "
+        "DAMSM encoders.",
         "",
     ]
     splits = sorted({sp for v in table.values() for sp in v})
@@ -114,29 +127,43 @@ def write_readme(readme: str, text: str) -> None:
         f.write(f"{head}{START}\n{text}\n{END}{tail}")
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default="configs/shapes.py")
-    p.add_argument("--seeds", default="1,2")
-    p.add_argument("--root", default="runs/ablation")
-    p.add_argument("--readme", default="README.md")
-    p.add_argument("--dry_run", action="store_true")
-    a = p.parse_args()
-    seeds = [int(s) for s in a.seeds.split(",")]
-    t0 = time.time()
-    for workdir, args, base in plan(a.config, a.root, seeds):
+def execute(runs, dry_run: bool = False, runner=subprocess.run) -> None:
+    """Run the plan in order: copy the base's pretrained stages into each variant, and the first
+    eval's classifier into every later eval, so that one instrument scores every run."""
+    classifier = None
+    for workdir, args, base in runs:
         cmd = [sys.executable, "-m", "mirrorgan_jax.main", f"--workdir={workdir}", *args]
         print(" ".join(cmd), flush=True)
-        if a.dry_run:
+        if dry_run:
             continue
         if base:
             for stage in ("damsm", "stream"):
                 if not os.path.exists(os.path.join(workdir, stage)):
                     shutil.copytree(os.path.join(base, stage), os.path.join(workdir, stage))
-        subprocess.run(cmd, check=True)
+        target = os.path.join(workdir, CLASSIFIER)
+        if "--mode=eval" in args and classifier and not os.path.exists(target):
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            shutil.copy(classifier, target)
+        runner(cmd, check=True)
+        if "--mode=eval" in args and classifier is None:
+            classifier = target
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default="configs/shapes.py")
+    p.add_argument("--seeds", default="1,2")
+    p.add_argument("--root", default="runs/ablation")
+    p.add_argument("--train_steps", type=int, default=0, help="override config.train.steps")
+    p.add_argument("--readme", default="README.md")
+    p.add_argument("--dry_run", action="store_true")
+    a = p.parse_args()
+    seeds = [int(s) for s in a.seeds.split(",")]
+    t0 = time.time()
+    execute(plan(a.config, a.root, seeds, a.train_steps), a.dry_run)
     if a.dry_run:
         return
-    text = to_markdown(summarise(a.root, seeds), seeds, time.time() - t0, a.config)
+    text = to_markdown(summarise(a.root, seeds), seeds, time.time() - t0, a.config, a.train_steps)
     with open(os.path.join(a.root, "ablation.md"), "w") as f:
         f.write(text + "\n")
     write_readme(a.readme, text)

@@ -55,6 +55,16 @@ class GanHyper:
     beta2: float = 0.999
     ema_decay: float = 0.999
     lambda1: float = 10.0
+    ema_warmup: bool = False
+
+    def ema_decay_at(self, step):
+        """EMA decay for the update after `step` updates: the official constant, or with
+        `ema_warmup` min(decay, (1 + step) / (10 + step)) so that a short run's EMA does not keep
+        a large share of the random initialisation (0.999^1700 = 18% of it)."""
+        if not self.ema_warmup:
+            return jnp.full(jnp.shape(step), self.ema_decay, jnp.float32)
+        t = step.astype(jnp.float32)
+        return jnp.minimum(jnp.float32(self.ema_decay), (1.0 + t) / (10.0 + t))
 
     def g_tx(self):
         return optax.adam(self.lr_g, b1=self.beta1, b2=self.beta2)
@@ -65,7 +75,7 @@ class GanHyper:
     @classmethod
     def from_config(cls, config) -> "GanHyper":
         t = config.train
-        return cls(t.lr_g, t.lr_d, t.beta1, t.beta2, t.ema_decay, t.lambda1)
+        return cls(t.lr_g, t.lr_d, t.beta1, t.beta2, t.ema_decay, t.lambda1, t.ema_warmup)
 
 
 def init_gan_state(nets: Networks, hyper: GanHyper, rng, abstract: bool = False) -> GanState:
@@ -214,7 +224,7 @@ def train_step(
     (g_grads,) = g_pullback(out_grads)
     updates, g_opt = hyper.g_tx().update(g_grads, state.g_opt, state.g_params)
     g_params = optax.apply_updates(state.g_params, updates)
-    decay = hyper.ema_decay
+    decay = hyper.ema_decay_at(state.step)
     ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, g_params)
     metrics.update(terms)
     metrics["g/grad_norm"] = optax.tree.norm(g_grads)

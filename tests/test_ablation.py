@@ -61,3 +61,35 @@ def test_table_mean_and_spread_into_the_readme(tmp_path):
     (tmp_path / "plain.md").write_text("no markers")
     with pytest.raises(ValueError, match="markers"):
         ablation.write_readme(str(tmp_path / "plain.md"), text)
+
+
+def test_execute_shares_pretraining_and_one_classifier(tmp_path):
+    runs = ablation.plan("configs/shapes.py", str(tmp_path), [1, 2], train_steps=300)
+    assert all("--config.train.steps=300" in args for _, args, _ in runs)
+    trained = []
+
+    def fake_main(cmd, check):
+        assert check
+        workdir = [c for c in cmd if c.startswith("--workdir=")][0].split("=", 1)[1]
+        mode = [c for c in cmd if c.startswith("--mode=")][0].split("=", 1)[1]
+        if mode.startswith("pretrain_"):
+            stage = mode.split("_", 1)[1]
+            os.makedirs(os.path.join(workdir, stage))
+        if mode == "train":  # the variant sees its base's pretrained stages
+            assert os.path.isdir(os.path.join(workdir, "damsm"))
+            assert os.path.isdir(os.path.join(workdir, "stream"))
+        if mode == "eval":
+            path = os.path.join(workdir, ablation.CLASSIFIER)
+            if not os.path.exists(path):  # what main --mode=eval does without a cached file
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, "w") as f:
+                    f.write(f"trained in {workdir}")
+                trained.append(workdir)
+
+    ablation.execute(runs, runner=fake_main)
+    assert len(trained) == 1  # every later eval found the first one's classifier
+    evals = [w for w, a, _ in runs if "--mode=eval" in a]
+    assert len(evals) == 6
+    for w in evals:
+        with open(os.path.join(w, ablation.CLASSIFIER)) as f:
+            assert f.read() == f"trained in {trained[0]}"

@@ -97,8 +97,10 @@ def test_generator_loss_uses_updated_discriminators(setup, one_step):
 def test_ema_follows_parameters(setup, one_step):
     _, _, hyper, state, _ = setup
     _, _, new_state, _ = one_step
+    decay = float(hyper.ema_decay_at(state.step))  # shapes: warm-up, 0.1 at step 0
+    assert hyper.ema_warmup and decay == pytest.approx(0.1)
     expected = jax.tree.map(
-        lambda e, p: hyper.ema_decay * e + (1 - hyper.ema_decay) * p,
+        lambda e, p: decay * e + (1 - decay) * p,
         state.ema_params,
         new_state.g_params,
     )
@@ -108,6 +110,20 @@ def test_ema_follows_parameters(setup, one_step):
         jax.tree.map(lambda a, b: jnp.max(jnp.abs(a - b)), state.g_params, new_state.g_params)
     )
     assert max(float(m) for m in moved) > 0
+
+
+def test_ema_warmup_schedule():
+    official = train_gan.GanHyper(ema_decay=0.999)
+    warm = train_gan.GanHyper(ema_decay=0.999, ema_warmup=True)
+    for step in (0, 5, 1700, 100_000):
+        assert float(official.ema_decay_at(jnp.int32(step))) == pytest.approx(0.999)
+    assert float(warm.ema_decay_at(jnp.int32(0))) == pytest.approx(0.1)
+    assert float(warm.ema_decay_at(jnp.int32(1700))) == pytest.approx(1701 / 1710)
+    assert float(warm.ema_decay_at(jnp.int32(100_000))) == pytest.approx(0.999)
+    # The weight left on the initialisation after 1,700 updates: 18% without warm-up, ~0 with.
+    left = lambda h: float(np.prod(np.asarray(h.ema_decay_at(jnp.arange(1700)), np.float64)))
+    assert left(official) == pytest.approx(0.999**1700, rel=1e-3) and left(official) > 0.18
+    assert left(warm) < 1e-4
 
 
 def test_no_recompilation_after_first_step(setup, one_step):
