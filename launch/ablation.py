@@ -1,6 +1,6 @@
 """The paper's claim on `shapes`: does redescription (STREAM) make images match their text?
 
-  python launch/ablation.py [--config=configs/shapes.py] [--seeds=1,2] [--root=runs/ablation]
+  python launch/ablation.py [--config=configs/shapes.py] [--seeds=0,1] [--root=runs/ablation]
                             [--train_steps=N] [--readme=README.md] [--dry_run]
 
 For each seed: one run prepares the data (shared by all runs) and pretrains DAMSM and STREAM;
@@ -152,7 +152,7 @@ def execute(runs, dry_run: bool = False, runner=subprocess.run) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default="configs/shapes.py")
-    p.add_argument("--seeds", default="1,2")
+    p.add_argument("--seeds", default="0,1")
     p.add_argument("--root", default="runs/ablation")
     p.add_argument("--train_steps", type=int, default=0, help="override config.train.steps")
     p.add_argument("--readme", default="README.md")
