@@ -70,7 +70,10 @@ def run_stage(
         state = _train(spec, ckpt, state, start, step_fn, batches, rng, on_log)
         return state, spec.total_steps
     finally:
+        t_close = time.time()
         ckpt.close()
+        if time.time() - t_close > 5:
+            logging.info("%s: closing checkpoints took %.1f s", spec.name, time.time() - t_close)
 
 
 def _train(spec, ckpt, state, start, step_fn, batches, rng, on_log):
@@ -119,8 +122,15 @@ def _train(spec, ckpt, state, start, step_fn, batches, rng, on_log):
         )
         return state
     finally:
+        t_close = time.time()
         preemption.close()
+        if hasattr(data, "close"):
+            data.close()  # stop the input pipeline's threads now, not at garbage collection
         writer.flush()
+        if time.time() - t_close > 5:
+            logging.info(
+                "%s: closing input and writers took %.1f s", spec.name, time.time() - t_close
+            )
 
 
 def _stop_non_finite(spec, bad_step: int, metrics, last_saved: int):

@@ -41,6 +41,19 @@ def _write_json(path: str, payload: dict) -> None:
         json.dump(payload, f, indent=2)
 
 
+def _evaluate_once(path: str, step: int, evaluate) -> dict:
+    """The test report of checkpoint `step`: read from `path` when it was written for that step
+    (a finished stage run again is skipped, so is its evaluation), else `evaluate()` and save."""
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        if saved.get("step") == step:
+            return saved
+    report = {"step": step, **evaluate()}
+    _write_json(path, report)
+    return report
+
+
 def _steps_per_epoch(config, workdir, batch_size) -> int:
     return max(1, pipeline.num_train_examples(config, workdir) // batch_size)
 
@@ -63,7 +76,7 @@ def run_damsm(config, workdir: str):
         return _place(mesh, state)
 
     abstract = _abstract(mesh, pretrain_damsm.init_state(nets, tx, rng, abstract=True))
-    state, _ = loop.run_stage(
+    state, step = loop.run_stage(
         spec,
         init,
         abstract,
@@ -71,14 +84,17 @@ def run_damsm(config, workdir: str):
         pipeline.train_batches(config, workdir, tok, config.damsm.batch_size, mesh, config.seed),
         jax.random.fold_in(rng, 2),
     )
-    report = pretrain_damsm.retrieval_accuracy(
-        nets,
-        state.params,
-        state.batch_stats,
-        pipeline.eval_batches(config, workdir, tok, config.damsm.batch_size, mesh, "test"),
+    report = _evaluate_once(
+        os.path.join(workdir, "damsm", "eval.json"),
+        step,
+        lambda: pretrain_damsm.retrieval_accuracy(
+            nets,
+            state.params,
+            state.batch_stats,
+            pipeline.eval_batches(config, workdir, tok, config.damsm.batch_size, mesh, "test"),
+        ),
     )
     logging.info("DAMSM test retrieval: %s", report)
-    _write_json(os.path.join(workdir, "damsm", "eval.json"), report)
     return state
 
 
@@ -100,7 +116,7 @@ def run_stream(config, workdir: str):
         return _place(mesh, state)
 
     abstract = _abstract(mesh, pretrain_stream.init_state(nets, tx, rng, abstract=True))
-    state, _ = loop.run_stage(
+    state, step = loop.run_stage(
         spec,
         init,
         abstract,
@@ -110,14 +126,17 @@ def run_stream(config, workdir: str):
         ),
         jax.random.fold_in(rng, 2),
     )
-    report = pretrain_stream.evaluate(
-        nets,
-        state.params,
-        state.batch_stats,
-        pipeline.eval_batches(config, workdir, tok, config.stream.batch_size, mesh, "test"),
+    report = _evaluate_once(
+        os.path.join(workdir, "stream", "eval.json"),
+        step,
+        lambda: pretrain_stream.evaluate(
+            nets,
+            state.params,
+            state.batch_stats,
+            pipeline.eval_batches(config, workdir, tok, config.stream.batch_size, mesh, "test"),
+        ),
     )
     logging.info("STREAM test: %s", report)
-    _write_json(os.path.join(workdir, "stream", "eval.json"), report)
     return state
 
 

@@ -59,6 +59,27 @@ def test_rerun_skips_finished_stages(workdir):
     assert sorted(os.listdir(os.path.join(workdir, "gan", "checkpoints"))) == before
 
 
+def test_rerun_reuses_the_pretraining_reports(workdir, monkeypatch):
+    from mirrorgan_jax import pretrain_damsm, pretrain_stream
+
+    reports = {}
+    for stage, key in (("damsm", "image_to_text_top1"), ("stream", "token_accuracy")):
+        with open(os.path.join(workdir, stage, "eval.json")) as f:
+            reports[stage] = json.load(f)
+        assert reports[stage]["step"] == 4 and 0.0 <= reports[stage][key] <= 1.0, stage
+
+    def evaluated_again(*args, **kwargs):
+        raise AssertionError("a finished stage's test split was evaluated again")
+
+    monkeypatch.setattr(pretrain_damsm, "retrieval_accuracy", evaluated_again)
+    monkeypatch.setattr(pretrain_stream, "evaluate", evaluated_again)
+    pipeline.run("pretrain_damsm", shapes.get_config("test"), workdir)
+    pipeline.run("pretrain_stream", shapes.get_config("test"), workdir)
+    for stage, report in reports.items():
+        with open(os.path.join(workdir, stage, "eval.json")) as f:
+            assert json.load(f) == report, stage
+
+
 def test_sample_on_one_device_after_training_on_eight(workdir, tmp_path):
     captions = tmp_path / "captions.txt"
     captions.write_text("a small green square at the top\n\na big blue star\n")
