@@ -110,29 +110,31 @@ def make_train_step(nets: Networks, tx):
 
 
 def evaluate(nets: Networks, params, batch_stats, batches) -> dict:
-    """Teacher-forced token accuracy and cross-entropy over evaluation batches."""
+    """Teacher-forced token accuracy and cross-entropy over evaluation batches, and the
+    cross-entropy of the same captions given another image of the batch (rolled by one): how
+    much the captioner relies on the image, which bounds what redescription can teach G."""
 
     @jax.jit
     def scores(batch):
-        logits, _ = caption_logits(
-            nets,
-            params,
-            batch_stats,
-            batch["images"][-1],
-            batch["tokens"],
-            batch["lengths"],
-            False,
+        images, tokens, lengths = batch["images"][-1], batch["tokens"], batch["lengths"]
+        logits, _ = caption_logits(nets, params, batch_stats, images, tokens, lengths, False)
+        other, _ = caption_logits(
+            nets, params, batch_stats, jnp.roll(images, 1, axis=0), tokens, lengths, False
         )
-        valid = jnp.sum(batch["lengths"])
-        ce = losses.caption_cross_entropy(logits, batch["tokens"], batch["lengths"])
-        return token_accuracy(logits, batch["tokens"], batch["lengths"]) * valid, ce * valid, valid
+        valid = jnp.sum(lengths)
+        ce = losses.caption_cross_entropy(logits, tokens, lengths)
+        ce_other = losses.caption_cross_entropy(other, tokens, lengths)
+        return token_accuracy(logits, tokens, lengths) * valid, ce * valid, ce_other * valid, valid
 
-    hits, ce, n = 0.0, 0.0, 0.0
+    hits, ce, ce_other, n = 0.0, 0.0, 0.0, 0.0
     for batch in batches:
-        a, c, v = scores(batch)
-        hits, ce, n = hits + float(a), ce + float(c), n + float(v)
+        a, c, o, v = scores(batch)
+        hits, ce, ce_other, n = hits + float(a), ce + float(c), ce_other + float(o), n + float(v)
+    d = max(n, 1.0)
     return {
-        "token_accuracy": hits / max(n, 1.0),
-        "cross_entropy": ce / max(n, 1.0),
+        "token_accuracy": hits / d,
+        "cross_entropy": ce / d,
+        "cross_entropy_other_image": ce_other / d,
+        "image_reliance": (ce_other - ce) / d,
         "tokens": int(n),
     }
