@@ -6,7 +6,9 @@
 Prints one JSON line per measurement, then a short table. Random weights and random data of
 the configured shapes (it measures compute, not accuracy). A calibration line (a jitted
 float32 2048x2048 matmul on the same devices) comes first, and every FLOP rate is also given
-as a fraction of it, so figures from different machines can be compared.
+as a fraction of it, so figures from different machines can be compared. With several
+devices, `flops_per_step` and the FLOP rates are those of one device's share of the step.
+`--what=breakdown` compiles and times every part of the iteration alone on one device.
 """
 
 from __future__ import annotations
@@ -30,7 +32,13 @@ from mirrorgan_jax import configuration, parallel, train_gan  # noqa: E402
 from mirrorgan_jax.networks import Networks  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config.", lock_config=True)
-_WHAT = flags.DEFINE_enum("what", "all", ["train", "sample", "input", "all"], "What to measure.")
+_WHAT = flags.DEFINE_enum(
+    "what",
+    "all",
+    ["train", "sample", "input", "breakdown", "all"],
+    "What to measure ('breakdown': each part of the iteration compiled and timed on its own; "
+    "not part of 'all').",
+)
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps after one warm-up step.")
 _N_WORDS = flags.DEFINE_integer("n_words", 0, "Vocabulary size (0: config.model.n_words or 5450).")
 _SAMPLE_BATCH = flags.DEFINE_integer("sample_batch", 32, "Large batch for the sampling figure.")
@@ -115,9 +123,7 @@ def bench_train(config, nets, n_words, steps, calib, rows) -> float:
     t0 = time.perf_counter()
     compiled = step.lower(state, batch, rng, frozen).compile()
     compile_s = time.perf_counter() - t0
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    flops = float((cost or {}).get("flops", 0.0))
+    flops = _cost_flops(compiled)
     times = []
     state, m = compiled(state, batch, rng, frozen)  # warm-up
     jax.block_until_ready(m)
@@ -147,6 +153,110 @@ def bench_train(config, nets, n_words, steps, calib, rows) -> float:
     }
     _emit(rec, rows)
     return b / med
+
+
+def _cost_flops(compiled) -> float:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float((cost or {}).get("flops", 0.0))
+
+
+def iteration_parts(nets: Networks, hyper, state, frozen, batch, rng) -> dict:
+    """The parts of one training iteration, `{name: (fn, args)}`: the STEM forward, the G
+    forward, G forward + backward (pullback of ones), per D the D update's loss + gradient and
+    the G-adversarial loss + gradient w.r.t. the fake, and the STREAM cross-entropy with its
+    gradient w.r.t. the image. `g_forward_backward` minus `g_forward` plus the rest cover the
+    iteration's compute except the optimiser updates and the EMA."""
+    tokens, lengths, reals = batch["tokens"], batch["lengths"], batch["images"]
+    words, sent = train_gan.encode_text(nets, frozen, tokens, lengths)
+    mask = tokens == 0
+    z = jax.random.normal(rng, (tokens.shape[0], nets.z_dim), jnp.float32)
+
+    def g_forward(g_params):
+        out, _ = nets.generator.apply(
+            {"params": g_params, "batch_stats": state.g_batch_stats},
+            z, sent, words, mask, train=True, rngs={"noise": rng}, mutable=["batch_stats"],
+        )  # fmt: skip
+        return tuple(x.astype(jnp.float32) for x in out.images)
+
+    def g_backward(g_params):
+        fakes, pullback = jax.vjp(g_forward, g_params)
+        return pullback(jax.tree.map(jnp.ones_like, fakes))
+
+    fakes = jax.jit(g_forward)(state.g_params)
+    parts = {
+        "text_encoder": (
+            lambda t, ln: train_gan.encode_text(nets, frozen, t, ln),
+            (tokens, lengths),
+        ),
+        "g_forward": (g_forward, (state.g_params,)),
+        "g_forward_backward": (g_backward, (state.g_params,)),
+    }
+    for i, d in enumerate(nets.discriminators):
+        size = nets.image_sizes[i]
+
+        def d_update(p, real, fake, d=d, i=i):
+            return jax.value_and_grad(
+                lambda q: train_gan.discriminator_loss_fn(
+                    d, q, state.d_batch_stats[i], real, fake, sent
+                ),
+                has_aux=True,
+            )(p)
+
+        def g_adversarial(fake, d=d, i=i):
+            return jax.value_and_grad(
+                lambda f: train_gan.generator_adversarial(
+                    d, state.d_params[i], state.d_batch_stats[i], f, sent
+                ),
+                has_aux=True,
+            )(fake)
+
+        parts[f"d{size}_update"] = (d_update, (state.d_params[i], reals[i], fakes[i]))
+        parts[f"g_adversarial{size}"] = (g_adversarial, (fakes[i],))
+    if frozen.caption_cnn is not None:
+        parts["stream_loss_and_image_grad"] = (
+            jax.value_and_grad(
+                lambda img: train_gan.stream_cross_entropy(nets, frozen, img, tokens, lengths)
+            ),
+            (fakes[-1],),
+        )
+    return parts
+
+
+def bench_breakdown(config, nets, n_words, steps, calib, rows) -> None:
+    """Where the iteration's time goes: every part compiled and timed alone (median of
+    `steps`), with its XLA FLOPs, achieved FLOP/s and share of the parts' summed time."""
+    hyper = train_gan.GanHyper.from_config(config)
+    rng = jax.random.key(0)
+    state = train_gan.init_gan_state(nets, hyper, rng)
+    frozen = train_gan.Frozen(
+        nets.init_text_encoder(rng), nets.init_caption_cnn(rng), nets.init_caption_rnn(rng)
+    )
+    batch = random_batch(nets, config.train.batch_size, n_words)
+    records = []
+    for name, (fn, args) in iteration_parts(nets, hyper, state, frozen, batch, rng).items():
+        t0 = time.perf_counter()
+        compiled = jax.jit(fn).lower(*args).compile()
+        compile_s = time.perf_counter() - t0
+        flops = _cost_flops(compiled)
+        med = statistics.median(_timed(compiled, args, steps))
+        records.append(
+            {
+                "what": "part",
+                "part": name,
+                "batch": config.train.batch_size,
+                "median_s": med,
+                "compile_s": compile_s,
+                "flops": flops,
+                "achieved_flops_per_s": flops / med if flops else None,
+                "fraction_of_calibration": (flops / med / calib) if flops else None,
+            }
+        )
+    total = sum(r["median_s"] for r in records)
+    for r in records:
+        r["share_of_parts"] = r["median_s"] / total
+        r["images_per_s"] = r["batch"] / r["median_s"]
+        _emit(r, rows)
 
 
 def bench_sample(config, nets, n_words, steps, rows) -> None:
@@ -242,11 +352,18 @@ def main(argv) -> None:
         bench_sample(config, nets, n_words, steps, rows)
     if what in ("input", "all"):
         bench_input(config, steps, train_rate, rows)
+    if what == "breakdown":
+        bench_breakdown(config, nets, n_words, steps, calib, rows)
     print("\n| what | batch | median s | images/s | note |\n|---|---|---|---|---|")
     for r in rows[1:]:
         note = ""
         if r.get("fraction_of_calibration"):
             note = f"{r['fraction_of_calibration']:.2f} of matmul FLOP/s"
+        if r.get("share_of_parts"):
+            note = (
+                f"{r['part']}: {r['share_of_parts']:.0%} of the parts' time, "
+                f"{r['flops'] / 1e9:.1f} GFLOP, {r['fraction_of_calibration'] or 0:.2f} of matmul"
+            )
         if r.get("ratio_to_train_step"):
             note = f"{r['ratio_to_train_step']:.1f}x the train step's need"
         if "peak_rss_gb" in r:

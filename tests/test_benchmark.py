@@ -1,0 +1,52 @@
+"""The benchmark's figures: the full iteration, and a breakdown whose parts add up to it."""
+
+import pytest
+
+from configs import shapes
+from mirrorgan_jax import benchmark
+from mirrorgan_jax.networks import Networks
+
+N_WORDS = 30
+
+
+@pytest.fixture(scope="module")
+def measured():
+    config = shapes.get_config("test")
+    nets = Networks.from_config(config, n_words=N_WORDS)
+    rows: list = []
+    benchmark.bench_train(config, nets, N_WORDS, 2, 1e11, rows)
+    benchmark.bench_breakdown(config, nets, N_WORDS, 2, 1e11, rows)
+    return config, rows
+
+
+def test_train_record(measured):
+    config, rows = measured
+    train = rows[0]
+    assert train["what"] == "train" and train["batch"] == config.train.batch_size
+    assert train["image_sizes"] == [32, 64] and train["flops_per_step"] > 0
+    assert 0 < train["min_s"] <= train["median_s"] and train["compile_s"] > 0
+    assert train["images_per_s"] == pytest.approx(train["batch"] / train["median_s"])
+    assert train["peak_rss_gb"] > 0
+
+
+def test_breakdown_parts_cover_the_iteration(measured):
+    _, rows = measured
+    # XLA counts the FLOPs of the per-device program; the parts run on one device.
+    full = rows[0]["flops_per_step"] * rows[0]["devices"]
+    parts = {r["part"]: r for r in rows[1:]}
+    assert set(parts) == {
+        "text_encoder",
+        "g_forward",
+        "g_forward_backward",
+        "d32_update",
+        "g_adversarial32",
+        "d64_update",
+        "g_adversarial64",
+        "stream_loss_and_image_grad",
+    }
+    assert sum(r["share_of_parts"] for r in parts.values()) == pytest.approx(1.0)
+    assert parts["g_forward_backward"]["flops"] > 2 * parts["g_forward"]["flops"] > 0
+    # The step runs G forward once (vjp): the parts minus one G forward are the iteration's
+    # compute but for the optimiser updates and the EMA.
+    covered = sum(r["flops"] for r in parts.values()) - parts["g_forward"]["flops"]
+    assert 0.9 * full <= covered <= 1.05 * full
