@@ -12,6 +12,7 @@ N_WORDS = 30
 @pytest.fixture(scope="module")
 def measured():
     config = shapes.get_config("test")
+    config.model.branch_num = 1  # one 32-px stage (+ STREAM on it): a quarter of the compile
     nets = Networks.from_config(config, n_words=N_WORDS)
     rows: list = []
     benchmark.bench_train(config, nets, N_WORDS, 2, 1e11, rows)
@@ -23,7 +24,7 @@ def test_train_record(measured):
     config, rows = measured
     train = rows[0]
     assert train["what"] == "train" and train["batch"] == config.train.batch_size
-    assert train["image_sizes"] == [32, 64] and train["flops_per_step"] > 0
+    assert train["image_sizes"] == [32] and train["flops_per_step"] > 0
     assert 0 < train["min_s"] <= train["median_s"] and train["compile_s"] > 0
     assert train["images_per_s"] == pytest.approx(train["batch"] / train["median_s"])
     assert train["peak_rss_gb"] > 0
@@ -40,8 +41,6 @@ def test_breakdown_parts_cover_the_iteration(measured):
         "g_forward_backward",
         "d32_update",
         "g_adversarial32",
-        "d64_update",
-        "g_adversarial64",
         "stream_loss_and_image_grad",
     }
     assert sum(r["share_of_parts"] for r in parts.values()) == pytest.approx(1.0)
