@@ -122,3 +122,16 @@ def set_path(tree: dict, path: tuple[str, ...], value) -> None:
     for p in path[:-1]:
         tree = tree.setdefault(p, {})
     tree[path[-1]] = value
+
+
+def read_basic_convs(reader: StateDictReader, expected_params: Mapping) -> tuple[dict, dict]:
+    """(params, batch_stats) of every Inception BasicConv2d in `expected_params`, read from
+    the torch keys `<path>.conv.weight` and `<path>.bn.*`."""
+    params: dict = {}
+    stats: dict = {}
+    for path in basic_conv_paths(expected_params):
+        key = ".".join(path)
+        bn_p, bn_s = reader.batch_norm(f"{key}.bn")
+        set_path(params, path, {"conv": {"kernel": reader.conv(f"{key}.conv.weight")}, "bn": bn_p})
+        set_path(stats, path, {"bn": bn_s})
+    return params, stats

@@ -30,9 +30,8 @@ from mirrorgan_jax.models.inception import InceptionV3
 from mirrorgan_jax.torch_import.common import (
     StateDictReader,
     WeightMismatchError,
-    basic_conv_paths,
     check_against,
-    set_path,
+    read_basic_convs,
 )
 
 StateDict = Mapping[str, np.ndarray]
@@ -50,13 +49,7 @@ def _abstract_model(model: nn.Module) -> dict:
 def _trunk(reader: StateDictReader) -> tuple[dict, dict]:
     """(params, batch_stats) of models.inception.InceptionV3 from `reader`."""
     expected = _abstract_model(InceptionV3())
-    params: dict = {}
-    stats: dict = {}
-    for path in basic_conv_paths(expected["params"]):
-        key = ".".join(path)
-        bn_p, bn_s = reader.batch_norm(f"{key}.bn")
-        set_path(params, path, {"conv": {"kernel": reader.conv(f"{key}.conv.weight")}, "bn": bn_p})
-        set_path(stats, path, {"bn": bn_s})
+    params, stats = read_basic_convs(reader, expected["params"])
     variables = {"params": params, "batch_stats": stats}
     check_against(variables, expected, reader.source, "the Inception-v3 trunk is fixed-size")
     return params, stats

@@ -26,9 +26,8 @@ import numpy as np
 from mirrorgan_jax.models.fid_inception import FID_NUM_CLASSES, FIDInceptionV3
 from mirrorgan_jax.torch_import.common import (
     StateDictReader,
-    basic_conv_paths,
     check_against,
-    set_path,
+    read_basic_convs,
 )
 
 StateDict = Mapping[str, np.ndarray]
@@ -51,13 +50,7 @@ def fid_inception_variables(sd: StateDict, source: str = "FID Inception checkpoi
     reader = StateDictReader(sd, source)
     num_classes = int(np.shape(reader.get("fc.weight"))[0])
     expected = expected_variables(num_classes)
-    params: dict = {}
-    stats: dict = {}
-    for path in basic_conv_paths(expected["params"]):
-        key = ".".join(path)
-        bn_p, bn_s = reader.batch_norm(f"{key}.bn")
-        set_path(params, path, {"conv": {"kernel": reader.conv(f"{key}.conv.weight")}, "bn": bn_p})
-        set_path(stats, path, {"bn": bn_s})
+    params, stats = read_basic_convs(reader, expected["params"])
     params["fc"] = {"kernel": reader.linear("fc.weight"), "bias": reader.get("fc.bias")}
     reader.check_all_used()
     variables = {"params": params, "batch_stats": stats}
