@@ -126,11 +126,13 @@ def _train(spec, ckpt, state, start, step_fn, batches, rng, on_log):
         preemption.close()
         if hasattr(data, "close"):
             data.close()  # stop the input pipeline's threads now, not at garbage collection
+        t_input = time.time()
         writer.flush()
         if time.time() - t_close > 5:
             logging.info(
-                "%s: closing input and writers took %.1f s", spec.name, time.time() - t_close
-            )
+                "%s: closing the input took %.1f s, flushing the writers %.1f s",
+                spec.name, t_input - t_close, time.time() - t_input,
+            )  # fmt: skip
 
 
 def _stop_non_finite(spec, bad_step: int, metrics, last_saved: int):
