@@ -9,6 +9,9 @@ float32 2048x2048 matmul on the same devices) comes first, and every FLOP rate i
 as a fraction of it, so figures from different machines can be compared. With several
 devices, `flops_per_step` and the FLOP rates are those of one device's share of the step.
 `--what=breakdown` compiles and times every part of the iteration alone on one device.
+`--conv_weight_grad=xla,matmul` measures the train step (and the breakdown) once per
+convolution weight-gradient policy (models/conv.py) in the same run and prints their ratio;
+peak RSS is the process's peak so far, so compare memory in separate runs.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from mirrorgan_jax import configuration, parallel, train_gan  # noqa: E402
+from mirrorgan_jax.models import conv  # noqa: E402
 from mirrorgan_jax.networks import Networks  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config.", lock_config=True)
@@ -42,6 +46,11 @@ _WHAT = flags.DEFINE_enum(
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps after one warm-up step.")
 _N_WORDS = flags.DEFINE_integer("n_words", 0, "Vocabulary size (0: config.model.n_words or 5450).")
 _SAMPLE_BATCH = flags.DEFINE_integer("sample_batch", 32, "Large batch for the sampling figure.")
+_CONV_WEIGHT_GRAD = flags.DEFINE_list(
+    "conv_weight_grad",
+    ["auto"],
+    f"Convolution weight-gradient policies to measure, in order (each of {conv.POLICIES}).",
+)
 flags.mark_flags_as_required(["config"])
 
 
@@ -135,6 +144,7 @@ def bench_train(config, nets, n_words, steps, calib, rows) -> float:
     med = statistics.median(times)
     rec = {
         "what": "train",
+        "conv_weight_grad": conv.resolved_policy(),
         "batch": b,
         "devices": jax.device_count(),
         "device_kind": jax.devices()[0].device_kind,
@@ -244,6 +254,7 @@ def bench_breakdown(config, nets, n_words, steps, calib, rows) -> None:
             {
                 "what": "part",
                 "part": name,
+                "conv_weight_grad": conv.resolved_policy(),
                 "batch": config.train.batch_size,
                 "median_s": med,
                 "compile_s": compile_s,
@@ -345,22 +356,45 @@ def main(argv) -> None:
         },
         rows,
     )
+    policies = _CONV_WEIGHT_GRAD.value
+    for policy in policies:
+        if policy not in conv.POLICIES:
+            raise app.UsageError(f"--conv_weight_grad={policy!r}; expected {conv.POLICIES}")
     train_rate = None
-    if what in ("train", "all"):
-        train_rate = bench_train(config, nets, n_words, steps, calib, rows)
+    for policy in policies:
+        with conv.weight_grad_policy(policy):
+            if what in ("train", "all"):
+                train_rate = bench_train(config, nets, n_words, steps, calib, rows)
+            if what == "breakdown":
+                bench_breakdown(config, nets, n_words, steps, calib, rows)
+    trains = [r for r in rows if r["what"] == "train"]
+    if len(trains) > 1:
+        for r in trains[1:]:
+            _emit(
+                {
+                    "what": "ratio",
+                    "of": f"train median_s {trains[0]['conv_weight_grad']} / "
+                    f"{r['conv_weight_grad']}",
+                    "ratio": trains[0]["median_s"] / r["median_s"],
+                },
+                rows,
+            )
     if what in ("sample", "all"):
         bench_sample(config, nets, n_words, steps, rows)
     if what in ("input", "all"):
         bench_input(config, steps, train_rate, rows)
-    if what == "breakdown":
-        bench_breakdown(config, nets, n_words, steps, calib, rows)
     print("\n| what | batch | median s | images/s | note |\n|---|---|---|---|---|")
     for r in rows[1:]:
+        if r["what"] == "ratio":
+            print(f"| ratio | | | | {r['of']} = {r['ratio']:.2f} |")
+            continue
         note = ""
+        if "conv_weight_grad" in r:
+            note = f"dW {r['conv_weight_grad']}; "
         if r.get("fraction_of_calibration"):
-            note = f"{r['fraction_of_calibration']:.2f} of matmul FLOP/s"
+            note += f"{r['fraction_of_calibration']:.2f} of matmul FLOP/s"
         if r.get("share_of_parts"):
-            note = (
+            note += (
                 f"{r['part']}: {r['share_of_parts']:.0%} of the parts' time, "
                 f"{r['flops'] / 1e9:.1f} GFLOP, {r['fraction_of_calibration'] or 0:.2f} of matmul"
             )

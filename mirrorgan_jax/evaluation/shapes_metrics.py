@@ -51,6 +51,7 @@ from flax import traverse_util
 from mirrorgan_jax.data import shapes
 from mirrorgan_jax.data.schema import ATTRIBUTE_FIELDS, NUM_ATTRIBUTES
 from mirrorgan_jax.evaluation.fid import fid_from_activations
+from mirrorgan_jax.models.layers import Conv
 from mirrorgan_jax.torch_import.common import check_against
 
 Array = jax.Array
@@ -174,18 +175,18 @@ class AttributeClassifier(nn.Module):
         if x.shape[1:3] != (s, s):
             x = jax.image.resize(x, (x.shape[0], s, s, 3), "linear", antialias=True)
         for i, (w, stride) in enumerate(zip(self.widths, _STRIDES, strict=True)):
-            x = nn.Conv(w, (3, 3), strides=stride, padding=1, name=f"conv{i}")(x)
+            x = Conv(w, (3, 3), strides=stride, padding=1, name=f"conv{i}")(x)
             if i > 0:
                 x = nn.GroupNorm(self.norm_groups, name=f"norm{i}")(x)
             x = nn.relu(x)
         b, h, w, c = x.shape  # [B, S/8, S/8, widths[-1]]
         ys, xs = jnp.meshgrid(jnp.linspace(-1, 1, h), jnp.linspace(-1, 1, w), indexing="ij")
         coords = jnp.broadcast_to(jnp.stack([xs, ys], -1), (b, h, w, 2))  # [B, h, w, 2]
-        attn = nn.Conv(2, (1, 1), name="slot_attention")(jnp.concatenate([x, coords], -1))
+        attn = Conv(2, (1, 1), name="slot_attention")(jnp.concatenate([x, coords], -1))
         attn = jax.nn.softmax(attn.reshape(b, h * w, 2), axis=1)  # [B, hw, 2]
         slots = jnp.einsum("bnk,bnc->bkc", attn, x.reshape(b, h * w, c))  # [B, 2, C]
         slot_xy = jnp.einsum("bnk,bnc->bkc", attn, coords.reshape(b, h * w, 2))  # [B, 2, 2]
-        layout = nn.Conv(self.layout_width, (3, 3), strides=2, padding=1, name="layout")(x)
+        layout = Conv(self.layout_width, (3, 3), strides=2, padding=1, name="layout")(x)
         layout = nn.relu(layout)  # [B, S/16, S/16, layout_width]
         parts = [slots.reshape(b, -1), slot_xy.reshape(b, -1), layout.reshape(b, -1)]
         features = nn.relu(nn.Dense(self.feature_dim, name="features")(jnp.concatenate(parts, -1)))

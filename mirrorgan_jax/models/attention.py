@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mirrorgan_jax.models.layers import orthogonal_init
+from mirrorgan_jax.models.layers import Conv, orthogonal_init
 
 Array = jax.Array
 Dtype = Any
@@ -93,7 +93,7 @@ class GlobalLocalAttention(nn.Module):
             )
         n = height * width
         # e' = W_e * e: [B, T, C]
-        source = nn.Conv(
+        source = Conv(
             idf,
             (1, 1),
             use_bias=False,
@@ -120,7 +120,7 @@ class GlobalLocalAttention(nn.Module):
             dtype=self.dtype,
             name="linear",
         )(c_code)[:, None, None, :]
-        g = nn.Conv(
+        g = Conv(
             idf,
             (1, 1),
             use_bias=False,

@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mirrorgan_jax.models.layers import TorchBatchNorm, leaky_relu, orthogonal_init
+from mirrorgan_jax.models.layers import Conv, TorchBatchNorm, leaky_relu, orthogonal_init
 
 Array = jax.Array
 Dtype = Any
@@ -40,7 +40,7 @@ def _torch_bias_init(fan_in: int):
 
 
 def _conv4x4_s2(features: int, dtype: Dtype | None, name: str) -> nn.Conv:
-    return nn.Conv(
+    return Conv(
         features,
         (4, 4),
         strides=(2, 2),
@@ -72,7 +72,7 @@ class Block3x3LeakyReLU(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> Array:
-        x = nn.Conv(
+        x = Conv(
             self.features,
             (3, 3),
             padding=((1, 1), (1, 1)),
@@ -124,7 +124,7 @@ class LogitsHead(nn.Module):
             )
             h = jnp.concatenate([h, c], axis=-1)  # [B, 4, 4, 8df + nef]
             h = Block3x3LeakyReLU(8 * self.df_dim, dtype=self.dtype, name="joint_conv")(h, train)
-        out = nn.Conv(
+        out = Conv(
             1,
             (4, 4),
             strides=(4, 4),

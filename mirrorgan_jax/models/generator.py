@@ -16,7 +16,13 @@ import jax
 import jax.numpy as jnp
 
 from mirrorgan_jax.models.attention import GlobalLocalAttention
-from mirrorgan_jax.models.layers import TorchBatchNorm, glu, orthogonal_init, upsample_nearest2x
+from mirrorgan_jax.models.layers import (
+    Conv,
+    TorchBatchNorm,
+    glu,
+    orthogonal_init,
+    upsample_nearest2x,
+)
 
 Array = jax.Array
 Dtype = Any
@@ -39,7 +45,7 @@ __all__ = [
 def _conv(features: int, kernel: int, dtype: Dtype | None, name: str) -> nn.Conv:
     """Bias-free stride-1 conv with PyTorch 'same' padding and the official orthogonal init."""
     pad = kernel // 2
-    return nn.Conv(
+    return Conv(
         features,
         (kernel, kernel),
         padding=((pad, pad), (pad, pad)),

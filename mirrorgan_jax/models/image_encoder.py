@@ -20,6 +20,7 @@ import numpy as np
 
 from mirrorgan_jax.models.captioner import resize_bilinear, torch_uniform
 from mirrorgan_jax.models.inception import InceptionV3, TinyTrunk
+from mirrorgan_jax.models.layers import Conv
 
 Array = jax.Array
 Dtype = Any
@@ -62,9 +63,7 @@ class ImageEncoder(nn.Module):
             )
         # Official init_trainable_weights: U(-0.1, 0.1) weights; the Linear bias keeps PyTorch's
         # default U(+-1/sqrt(fan_in)).
-        self.emb_features = nn.Conv(
-            self.nef, (1, 1), use_bias=False, kernel_init=torch_uniform(0.1)
-        )
+        self.emb_features = Conv(self.nef, (1, 1), use_bias=False, kernel_init=torch_uniform(0.1))
         self.emb_cnn_code = nn.Dense(
             self.nef,
             kernel_init=torch_uniform(0.1),

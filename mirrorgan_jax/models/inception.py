@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mirrorgan_jax.models.layers import TorchBatchNorm
+from mirrorgan_jax.models.layers import Conv, TorchBatchNorm
 
 Array = jax.Array
 Dtype = Any
@@ -53,7 +53,7 @@ class BasicConv2d(nn.Module):
     @nn.compact
     def __call__(self, x: Array, train: bool) -> Array:
         ph, pw = _pair(self.padding)
-        x = nn.Conv(
+        x = Conv(
             self.features,
             _pair(self.kernel),
             strides=_pair(self.stride),

@@ -7,11 +7,14 @@ weights converted from the official state dicts give the same numbers.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from mirrorgan_jax.models.conv import conv_general_dilated
 
 Array = jax.Array
 Dtype = Any
@@ -19,6 +22,10 @@ Dtype = Any
 # The official `weights_init` (miscc/utils.py): orthogonal conv/linear weights, zero bias,
 # BatchNorm gamma ~ N(1, 0.02), beta = 0.
 orthogonal_init = nn.initializers.orthogonal(scale=1.0)
+
+# `nn.Conv` whose weight gradient runs as matmuls on XLA:CPU (models/conv.py); same parameters,
+# same forward pass, same module name.
+Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
 
 
 def bn_scale_init(key: Array, shape, dtype=jnp.float32) -> Array:

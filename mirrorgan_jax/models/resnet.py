@@ -29,7 +29,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 
-from mirrorgan_jax.models.layers import TorchBatchNorm
+from mirrorgan_jax.models.layers import Conv, TorchBatchNorm
 
 Array = jax.Array
 Dtype = Any
@@ -98,7 +98,7 @@ def resnet_spec(name: str) -> ResNetSpec:
 def _conv(features: int, kernel: int, stride: int, dtype: Dtype | None, name: str) -> nn.Conv:
     """torchvision conv (no bias, symmetric padding kernel//2)."""
     pad = kernel // 2
-    return nn.Conv(
+    return Conv(
         features,
         (kernel, kernel),
         strides=(stride, stride),

@@ -1,0 +1,173 @@
+"""2-D convolution whose weight gradient is a sum of matmuls: the fast path on XLA:CPU.
+
+XLA:CPU computes a convolution's weight gradient about 3-10x slower per FLOP than its forward
+pass or its input gradient (../shared/JAX-NOTES.md section 5; `benchmark --what=conv`). For an
+NHWC input x, HWIO kernel W (kh x kw) and output gradient dy, the weight gradient is
+
+    dW[i, j] = sum_{b, p, q} x_pad[b, p * sh + i, q * sw + j, :]^T  dy[b, p, q, :]
+
+that is, kh * kw matrix products of a strided slice of the padded input with dy, each a
+(C_in x B*H*W) @ (B*H*W x C_out) matmul that XLA:CPU runs near its matmul rate. The forward
+pass and the input gradient stay XLA's own. `conv_general_dilated` is a drop-in for
+`lax.conv_general_dilated` in `flax.linen.Conv(conv_general_dilated=...)`; it takes the matmul
+path for 2-D, NHWC/HWIO, ungrouped, undilated convolutions when the policy says so and falls
+back to `lax.conv_general_dilated` otherwise. The policy is "auto" (matmul on the CPU backend,
+XLA's own on GPU/TPU, where its weight gradient is fast), "matmul" or "xla"; it is read at
+trace time, so set it with `weight_grad_policy(...)` before a function is first jitted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+POLICIES = ("auto", "matmul", "xla")
+_policy = "auto"
+
+
+@contextlib.contextmanager
+def weight_grad_policy(policy: str) -> Iterator[None]:
+    """Within the block, trace convolutions with this weight-gradient policy."""
+    global _policy
+    if policy not in POLICIES:
+        raise ValueError(f"conv weight-gradient policy {policy!r}; expected one of {POLICIES}")
+    previous, _policy = _policy, policy
+    try:
+        yield
+    finally:
+        _policy = previous
+
+
+def resolved_policy() -> str:
+    """ "matmul" or "xla": what convolutions traced now use."""
+    if _policy == "auto":
+        return "matmul" if jax.default_backend() == "cpu" else "xla"
+    return _policy
+
+
+def _use_matmul() -> bool:
+    return resolved_policy() == "matmul"
+
+
+def _is_nhwc_hwio(dimension_numbers, ndim: int) -> bool:
+    if ndim != 4:
+        return False
+    if dimension_numbers is None:
+        return False  # lax's default is NCHW/OIHW
+    dn = lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), dimension_numbers)
+    return dn == lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
+
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _conv(x, w, strides, padding, precision):
+    return lax.conv_general_dilated(
+        x, w, strides, padding, dimension_numbers=_NHWC, precision=precision
+    )
+
+
+def _weight_grad(x, dy, kernel_hw, strides, padding, precision):
+    """dW [kh, kw, C_in, C_out] as kh*kw matmuls of strided input slices with dy."""
+    (pt, pb), (pl, pr) = padding
+    xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))  # [B, H+pt+pb, W+pl+pr, C_in]
+    b, ho, wo, _ = dy.shape
+    sh, sw = strides
+    taps = []
+    for i in range(kernel_hw[0]):
+        for j in range(kernel_hw[1]):
+            xs = lax.slice(
+                xp,
+                (0, i, j, 0),
+                (b, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, xp.shape[3]),
+                (1, sh, sw, 1),
+            )  # [B, Ho, Wo, C_in]
+            taps.append(
+                jnp.einsum(
+                    "bhwc,bhwo->co",
+                    xs,
+                    dy,
+                    precision=precision,
+                    preferred_element_type=jnp.float32,
+                )
+            )
+    return jnp.stack(taps).reshape(*kernel_hw, x.shape[3], dy.shape[3])
+
+
+@functools.lru_cache(maxsize=None)
+def _matmul_grad_conv(strides: tuple, padding: tuple, precision):
+    @jax.custom_vjp
+    def conv(x, w):
+        return _conv(x, w, strides, padding, precision)
+
+    def fwd(x, w):
+        return conv(x, w), (x, w)
+
+    def bwd(res, dy):
+        x, w = res
+        _, input_vjp = jax.vjp(lambda x_: _conv(x_, w, strides, padding, precision), x)
+        (dx,) = input_vjp(dy)
+        dw = _weight_grad(x, dy, w.shape[:2], strides, padding, precision)
+        return dx, dw.astype(w.dtype)
+
+    conv.defvjp(fwd, bwd)
+    return conv
+
+
+def _explicit_padding(padding, in_hw: Sequence[int], kernel_hw, strides) -> tuple | None:
+    if isinstance(padding, str):
+        return tuple(tuple(p) for p in lax.padtype_to_pads(in_hw, kernel_hw, strides, padding))
+    pads = tuple(tuple(int(v) for v in p) for p in padding)
+    if any(v < 0 for p in pads for v in p):
+        return None
+    return pads
+
+
+def conv_general_dilated(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count=1,
+    batch_group_count=1,
+    precision=None,
+    preferred_element_type=None,
+):
+    """`lax.conv_general_dilated` with the matmul weight gradient where it applies."""
+    plain = (
+        _use_matmul()
+        and _is_nhwc_hwio(dimension_numbers, lhs.ndim)
+        and all(d == 1 for d in (lhs_dilation or (1, 1)))
+        and all(d == 1 for d in (rhs_dilation or (1, 1)))
+        and feature_group_count == 1
+        and batch_group_count == 1
+        and preferred_element_type is None
+    )
+    pads = (
+        _explicit_padding(padding, lhs.shape[1:3], rhs.shape[:2], tuple(window_strides))
+        if plain
+        else None
+    )
+    if pads is None:
+        return lax.conv_general_dilated(
+            lhs,
+            rhs,
+            window_strides,
+            padding,
+            lhs_dilation=lhs_dilation,
+            rhs_dilation=rhs_dilation,
+            dimension_numbers=dimension_numbers,
+            feature_group_count=feature_group_count,
+            batch_group_count=batch_group_count,
+            precision=precision,
+            preferred_element_type=preferred_element_type,
+        )
+    return _matmul_grad_conv(tuple(window_strides), pads, precision)(lhs, rhs)

@@ -1,0 +1,81 @@
+"""The matmul weight gradient of models/conv.py equals XLA's convolution gradient."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mirrorgan_jax.models import conv
+from mirrorgan_jax.models.layers import Conv
+
+CASES = [
+    # kernel, stride, padding, C_in, C_out, H (odd sizes and strides that leave pixels over)
+    (3, 1, ((1, 1), (1, 1)), 5, 7, 9),
+    (4, 2, ((1, 1), (1, 1)), 3, 6, 16),
+    (1, 1, "SAME", 4, 4, 5),
+    (3, 2, "SAME", 3, 5, 11),
+    (7, 2, ((3, 3), (3, 3)), 3, 8, 20),
+    (3, 1, "VALID", 2, 3, 8),
+    (3, 2, ((0, 1), (2, 0)), 2, 3, 7),
+]
+
+
+def _grads(module, params, x):
+    def loss(p, x):
+        return jnp.sum(jnp.sin(module.apply(p, x)))
+
+    return jax.grad(loss, (0, 1))(params, x)
+
+
+@pytest.mark.parametrize("kernel,stride,padding,cin,cout,size", CASES)
+def test_matmul_weight_grad_equals_xla(kernel, stride, padding, cin, cout, size):
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, size, size, cin)), jnp.float32)
+    kw = dict(features=cout, kernel_size=(kernel, kernel), strides=stride, padding=padding)
+    fast, ref = Conv(**kw), nn.Conv(**kw)
+    params = ref.init(jax.random.key(0), x)
+    with conv.weight_grad_policy("matmul"):
+        assert conv.resolved_policy() == "matmul"
+        y = fast.apply(params, x)
+        (gp, gx) = _grads(fast, params, x)
+        jaxpr = str(jax.make_jaxpr(lambda p: _grads(fast, p, x))(params))
+    assert "custom_vjp" in jaxpr  # the matmul path was taken, not the fallback
+    (rp, rx) = _grads(ref, params, x)
+    np.testing.assert_array_equal(y, ref.apply(params, x))  # forward untouched
+    np.testing.assert_allclose(gx, rx, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(gp["params"]["bias"], rp["params"]["bias"], rtol=1e-5)
+    np.testing.assert_allclose(
+        gp["params"]["kernel"], rp["params"]["kernel"], rtol=1e-4, atol=1e-5
+    )
+    assert not np.allclose(rp["params"]["kernel"], 0)
+
+
+def test_bfloat16_grad_keeps_dtype_and_value():
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 8, 8, 4)), jnp.float32)
+    kw = dict(features=6, kernel_size=(3, 3), padding=1, dtype=jnp.bfloat16)
+    fast, ref = Conv(**kw), nn.Conv(**kw)
+    params = ref.init(jax.random.key(0), x)
+    with conv.weight_grad_policy("matmul"):
+        gp, _ = _grads(fast, params, x)
+    rp, _ = _grads(ref, params, x)
+    assert gp["params"]["kernel"].dtype == jnp.float32  # the parameter's dtype
+    np.testing.assert_allclose(gp["params"]["kernel"], rp["params"]["kernel"], rtol=0.05, atol=0.05)
+
+
+def test_fallbacks_and_policy():
+    # 1-D conv (a [B, T, C] input), grouped and dilated convs go to lax unchanged.
+    with conv.weight_grad_policy("matmul"):
+        for module, shape in [
+            (Conv(4, (1,)), (2, 5, 3)),
+            (Conv(4, (3, 3), feature_group_count=2), (2, 6, 6, 4)),
+            (Conv(4, (3, 3), kernel_dilation=2), (2, 9, 9, 3)),
+        ]:
+            x = jnp.ones(shape)
+            p = module.init(jax.random.key(0), x)
+            assert "custom_vjp" not in str(jax.make_jaxpr(lambda p: _grads(module, p, x))(p))
+    with conv.weight_grad_policy("xla"):
+        assert conv.resolved_policy() == "xla"
+    assert conv.resolved_policy() == ("matmul" if jax.default_backend() == "cpu" else "xla")
+    with pytest.raises(ValueError, match="'fast'.*expected one of"):
+        with conv.weight_grad_policy("fast"):
+            pass
