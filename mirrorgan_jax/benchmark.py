@@ -39,9 +39,10 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config.", 
 _WHAT = flags.DEFINE_enum(
     "what",
     "all",
-    ["train", "sample", "input", "breakdown", "all"],
+    ["train", "sample", "input", "breakdown", "conv", "all"],
     "What to measure ('breakdown': each part of the iteration compiled and timed on its own; "
-    "not part of 'all').",
+    "'conv': forward, input and weight gradient of one 3x3 convolution; neither is part of "
+    "'all').",
 )
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps after one warm-up step.")
 _N_WORDS = flags.DEFINE_integer("n_words", 0, "Vocabulary size (0: config.model.n_words or 5450).")
@@ -270,6 +271,49 @@ def bench_breakdown(config, nets, n_words, steps, calib, rows) -> None:
         _emit(r, rows)
 
 
+def bench_conv(steps, calib, rows, batch=16, size=64, channels=64) -> None:
+    """One 3x3 'same' convolution (NHWC float32): forward, input gradient, and the weight
+    gradient under each policy of models/conv.py, each compiled and timed alone."""
+    rs = np.random.RandomState(0)
+    x = jnp.asarray(rs.standard_normal((batch, size, size, channels)), jnp.float32)
+    w = jnp.asarray(0.05 * rs.standard_normal((3, 3, channels, channels)), jnp.float32)
+    dy = jnp.asarray(rs.standard_normal((batch, size, size, channels)), jnp.float32)
+
+    def f(x, w):
+        return conv.conv_general_dilated(
+            x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+
+    passes = {
+        "forward": (lambda x, w, dy: f(x, w), "xla"),
+        "input_grad": (lambda x, w, dy: jax.vjp(lambda x_: f(x_, w), x)[1](dy)[0], "xla"),
+    }
+    for policy in ("xla", "matmul"):
+        passes[f"weight_grad_{policy}"] = (
+            lambda x, w, dy: jax.vjp(lambda w_: f(x, w_), w)[1](dy)[0],
+            policy,
+        )
+    flops = 2 * batch * size * size * 9 * channels * channels
+    for name, (fn, policy) in passes.items():
+        with conv.weight_grad_policy(policy):
+            compiled = jax.jit(fn).lower(x, w, dy).compile()
+        med = statistics.median(_timed(compiled, (x, w, dy), max(steps, 5)))
+        _emit(
+            {
+                "what": "conv",
+                "pass": name,
+                "batch": batch,
+                "shape": [batch, size, size, channels],
+                "median_s": med,
+                "images_per_s": batch / med,
+                "flops": flops,
+                "achieved_flops_per_s": flops / med,
+                "fraction_of_calibration": flops / med / calib,
+            },
+            rows,
+        )
+
+
 def bench_sample(config, nets, n_words, steps, rows) -> None:
     """EMA generator (eval mode) + STEM: batch-1 latency and a large batch."""
     rng = jax.random.key(0)
@@ -367,6 +411,8 @@ def main(argv) -> None:
                 train_rate = bench_train(config, nets, n_words, steps, calib, rows)
             if what == "breakdown":
                 bench_breakdown(config, nets, n_words, steps, calib, rows)
+    if what == "conv":
+        bench_conv(steps, calib, rows)
     trains = [r for r in rows if r["what"] == "train"]
     if len(trains) > 1:
         for r in trains[1:]:
@@ -388,20 +434,23 @@ def main(argv) -> None:
         if r["what"] == "ratio":
             print(f"| ratio | | | | {r['of']} = {r['ratio']:.2f} |")
             continue
-        note = ""
+        parts = []
         if "conv_weight_grad" in r:
-            note = f"dW {r['conv_weight_grad']}; "
-        if r.get("fraction_of_calibration"):
-            note += f"{r['fraction_of_calibration']:.2f} of matmul FLOP/s"
+            parts.append(f"dW {r['conv_weight_grad']}")
+        if r["what"] == "conv":
+            parts.append(r["pass"])
         if r.get("share_of_parts"):
-            note += (
+            parts.append(
                 f"{r['part']}: {r['share_of_parts']:.0%} of the parts' time, "
-                f"{r['flops'] / 1e9:.1f} GFLOP, {r['fraction_of_calibration'] or 0:.2f} of matmul"
+                f"{r['flops'] / 1e9:.1f} GFLOP"
             )
+        if r.get("fraction_of_calibration"):
+            parts.append(f"{r['fraction_of_calibration']:.2f} of matmul FLOP/s")
         if r.get("ratio_to_train_step"):
-            note = f"{r['ratio_to_train_step']:.1f}x the train step's need"
+            parts.append(f"{r['ratio_to_train_step']:.1f}x the train step's need")
         if "peak_rss_gb" in r:
-            note += f"; peak RSS {r['peak_rss_gb']:.2f} GB"
+            parts.append(f"peak RSS {r['peak_rss_gb']:.2f} GB")
+        note = "; ".join(parts)
         print(
             f"| {r['what']} | {r.get('batch', '')} | {r.get('median_s', float('nan')):.3f} | "
             f"{r['images_per_s']:.2f} | {note} |"

@@ -49,3 +49,17 @@ def test_breakdown_parts_cover_the_iteration(measured):
     # compute but for the optimiser updates and the EMA.
     covered = sum(r["flops"] for r in parts.values()) - parts["g_forward"]["flops"]
     assert 0.9 * full <= covered <= 1.05 * full
+
+
+def test_conv_passes_both_weight_grad_policies():
+    rows: list = []
+    benchmark.bench_conv(2, 1e11, rows, batch=2, size=8, channels=4)
+    assert [r["pass"] for r in rows] == [
+        "forward",
+        "input_grad",
+        "weight_grad_xla",
+        "weight_grad_matmul",
+    ]
+    for r in rows:
+        assert r["flops"] == 2 * 2 * 8 * 8 * 9 * 4 * 4 and r["median_s"] > 0
+        assert r["fraction_of_calibration"] == pytest.approx(r["flops"] / r["median_s"] / 1e11)

@@ -1,8 +1,9 @@
 """2-D convolution whose weight gradient is a sum of matmuls: the fast path on XLA:CPU.
 
-XLA:CPU computes a convolution's weight gradient about 3-10x slower per FLOP than its forward
-pass or its input gradient (../shared/JAX-NOTES.md section 5; `benchmark --what=conv`). For an
-NHWC input x, HWIO kernel W (kh x kw) and output gradient dy, the weight gradient is
+XLA:CPU computes a convolution's weight gradient several times slower per FLOP than its
+forward pass or its input gradient (../shared/JAX-NOTES.md section 5; measure it with
+`python -m mirrorgan_jax.benchmark --config=configs/shapes.py --what=conv`). For an NHWC
+input x, HWIO kernel W (kh x kw) and output gradient dy, the weight gradient is
 
     dW[i, j] = sum_{b, p, q} x_pad[b, p * sh + i, q * sw + j, :]^T  dy[b, p, q, :]
 
@@ -73,30 +74,28 @@ def _conv(x, w, strides, padding, precision):
 
 
 def _weight_grad(x, dy, kernel_hw, strides, padding, precision):
-    """dW [kh, kw, C_in, C_out] as kh*kw matmuls of strided input slices with dy."""
+    """dW [kh, kw, C_in, C_out] as kh*kw matmuls of strided input slices with dy.
+
+    The taps run in a loop so that one input slice is alive at a time: unrolled, XLA keeps
+    all kh*kw slices (each the size of x) alive together."""
     (pt, pb), (pl, pr) = padding
     xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))  # [B, H+pt+pb, W+pl+pr, C_in]
-    b, ho, wo, _ = dy.shape
+    b, ho, wo, cout = dy.shape
     sh, sw = strides
-    taps = []
-    for i in range(kernel_hw[0]):
-        for j in range(kernel_hw[1]):
-            xs = lax.slice(
-                xp,
-                (0, i, j, 0),
-                (b, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, xp.shape[3]),
-                (1, sh, sw, 1),
-            )  # [B, Ho, Wo, C_in]
-            taps.append(
-                jnp.einsum(
-                    "bhwc,bhwo->co",
-                    xs,
-                    dy,
-                    precision=precision,
-                    preferred_element_type=jnp.float32,
-                )
-            )
-    return jnp.stack(taps).reshape(*kernel_hw, x.shape[3], dy.shape[3])
+    kh, kw = kernel_hw
+    cin = x.shape[3]
+    span = (b, sh * (ho - 1) + 1, sw * (wo - 1) + 1, cin)
+
+    def tap(t, dw):
+        i, j = t // kw, t % kw
+        xs = lax.dynamic_slice(xp, (0, i, j, 0), span)[:, ::sh, ::sw, :]  # [B, Ho, Wo, C_in]
+        g = jnp.einsum(
+            "bhwc,bhwo->co", xs, dy, precision=precision, preferred_element_type=jnp.float32
+        )  # [C_in, C_out]
+        return dw.at[t].set(g)
+
+    dw = lax.fori_loop(0, kh * kw, tap, jnp.zeros((kh * kw, cin, cout), jnp.float32))
+    return dw.reshape(kh, kw, cin, cout)
 
 
 @functools.lru_cache(maxsize=None)
