@@ -154,10 +154,7 @@ def caption_cnn(config):
 
     m = config.model
     return CaptionCNN(
-        backbone=m.stream_backbone,
-        embed_size=m.stream_embed_size,
-        image_size=m.stream_image_size,
-        remat=config.train.remat_stream,
+        backbone=m.stream_backbone, embed_size=m.stream_embed_size, image_size=m.stream_image_size
     )
 
 

@@ -120,7 +120,6 @@ class CaptionCNN(nn.Module):
       align_corners: False = PyTorch >= 0.4 default; True = PyTorch <= 0.3 behaviour.
       dtype: backbone computation dtype (None = input dtype; bfloat16 for mixed precision). The
         Linear + BN head always runs in float32 and the output is float32.
-      remat: recompute the backbone's block activations when differentiating (ResNet.remat).
     """
 
     backbone: str = "resnet152"
@@ -128,11 +127,10 @@ class CaptionCNN(nn.Module):
     image_size: int = 224
     align_corners: bool = False
     dtype: Dtype | None = None
-    remat: bool = False
 
     def setup(self):
         spec = resnet_spec(self.backbone)
-        self.resnet = ResNet.from_spec(spec, dtype=self.dtype, remat=self.remat)
+        self.resnet = ResNet.from_spec(spec, dtype=self.dtype)
         self.linear = torch_linear(self.embed_size, spec.out_features)
         self.bn = TorchBatchNorm(momentum=0.01, scale_init=nn.initializers.ones)
 

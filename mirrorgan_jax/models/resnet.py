@@ -160,16 +160,12 @@ class ResNet(nn.Module):
       width: planes of the first stage (64 in torchvision).
       dtype: computation dtype (None = that of the input; bfloat16 for mixed precision:
         params and BatchNorm statistics stay float32).
-      remat: recompute each block's activations in the backward pass instead of keeping them
-        (`nn.remat`): less memory when differentiating through the network, one more forward.
-        Same parameters and values.
     """
 
     block: str
     stage_sizes: tuple[int, ...]
     width: int = 64
     dtype: Dtype | None = None
-    remat: bool = False
 
     @classmethod
     def from_spec(cls, spec: ResNetSpec, dtype: Dtype | None = None, **kwargs) -> ResNet:
@@ -184,13 +180,12 @@ class ResNet(nn.Module):
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))  # [B, H/4, W/4, .]
         expansion = BLOCK_EXPANSION[self.block]
         in_channels = self.width
-        block_cls = nn.remat(ResNetBlock, static_argnums=(2,)) if self.remat else ResNetBlock
         for i, n_blocks in enumerate(self.stage_sizes):
             planes = self.width * 2**i
             for j in range(n_blocks):
                 stride = 2 if (i > 0 and j == 0) else 1
                 downsample = stride != 1 or in_channels != planes * expansion
-                x = block_cls(
+                x = ResNetBlock(
                     self.block, planes, stride, downsample, self.dtype, name=f"layer{i + 1}_{j}"
                 )(x, train)
                 in_channels = planes * expansion
