@@ -424,17 +424,15 @@ def main(argv) -> None:
     if what == "conv":
         bench_conv(steps, calib, rows)
     trains = [r for r in rows if r["what"] == "train"]
-    if len(trains) > 1:
-        for r in trains[1:]:
-            _emit(
-                {
-                    "what": "ratio",
-                    "of": f"train median_s {trains[0]['conv_weight_grad']} / "
-                    f"{r['conv_weight_grad']}",
-                    "ratio": trains[0]["median_s"] / r["median_s"],
-                },
-                rows,
-            )
+    for r in trains[1:]:
+        _emit(
+            {
+                "what": "ratio",
+                "of": f"train median_s {trains[0]['conv_weight_grad']} / {r['conv_weight_grad']}",
+                "ratio": trains[0]["median_s"] / r["median_s"],
+            },
+            rows,
+        )
     if what in ("sample", "all"):
         bench_sample(config, nets, n_words, steps, rows)
     if what in ("input", "all"):

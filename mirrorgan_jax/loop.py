@@ -136,8 +136,9 @@ def _train(spec, ckpt, state, start, step_fn, batches, rng, on_log):
 def _close_input(name: str, data) -> None:
     t = time.time()
     data.close()  # stops the input pipeline's threads
-    if time.time() - t > 5:
-        logging.info("%s: closing the input took %.1f s (in the background)", name, time.time() - t)
+    took = time.time() - t
+    if took > 5:
+        logging.info("%s: closing the input took %.1f s (in the background)", name, took)
 
 
 def _stop_non_finite(spec, bad_step: int, metrics, last_saved: int):

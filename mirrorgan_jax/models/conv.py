@@ -51,10 +51,6 @@ def resolved_policy() -> str:
     return _policy
 
 
-def _use_matmul() -> bool:
-    return resolved_policy() == "matmul"
-
-
 def _is_nhwc_hwio(dimension_numbers, ndim: int) -> bool:
     if ndim != 4:
         return False
@@ -142,7 +138,7 @@ def conv_general_dilated(
 ):
     """`lax.conv_general_dilated` with the matmul weight gradient where it applies."""
     plain = (
-        _use_matmul()
+        resolved_policy() == "matmul"
         and _is_nhwc_hwio(dimension_numbers, lhs.ndim)
         and all(d == 1 for d in (lhs_dilation or (1, 1)))
         and all(d == 1 for d in (rhs_dilation or (1, 1)))
