@@ -155,10 +155,22 @@ def stream_cross_entropy(nets: Networks, frozen: Frozen, image, tokens, lengths)
     return losses.caption_cross_entropy(logits.astype(jnp.float32), tokens, lengths)
 
 
+def sort_by_caption_length(batch: dict) -> dict:
+    """The global batch ordered by caption length, longest first, ties in batch order (stable).
+
+    The official batch is length-sorted (SPEC 10.3.4) and the mismatched pairs are neighbours in
+    that order (SPEC 8). Each host's pipeline sorts only its own rows, so on several hosts the
+    global batch would be sorted per host and pair other neighbours; sorting here, on the global
+    array, gives every process count the same batch (on one host it is the identity)."""
+    order = jnp.argsort(-batch["lengths"], stable=True)  # [B]
+    return jax.tree.map(lambda x: jnp.take(x, order, axis=0), batch)
+
+
 def train_step(
     state: GanState, batch: dict, rng: jax.Array, frozen: Frozen, *, nets: Networks, hyper: GanHyper
 ) -> tuple[GanState, dict]:
     """One MirrorGAN iteration (pure; jit with `nets`/`hyper` bound)."""
+    batch = sort_by_caption_length(batch)
     tokens, lengths = batch["tokens"], batch["lengths"]
     reals = batch["images"]
     b = tokens.shape[0]

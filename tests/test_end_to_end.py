@@ -3,9 +3,13 @@ a re-run skips finished stages, and sampling works from another device count."""
 
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
 
 from configs import shapes
@@ -132,3 +136,89 @@ def test_sampling_input_errors(workdir, tmp_path):
     config.data.data_dir = os.path.join(workdir, "data")
     with pytest.raises(sample.SamplingError, match="train first"):
         sample.run(config, str(fresh), text=["a red circle"])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _restore_numpy(path):
+    import orbax.checkpoint as ocp
+
+    ck = ocp.PyTreeCheckpointer()
+    tree = ck.metadata(path).item_metadata.tree
+    args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    return ck.restore(path, restore_args=args)
+
+
+def _losses_and_norms(path):
+    """{(step, name): value} of the training metrics (no timings) in a metrics.jsonl."""
+    out = {}
+    with open(path) as f:
+        for line in f:
+            record = json.loads(line)
+            for k, v in record.items():
+                if "/" in k and isinstance(v, float):
+                    out[(record["step"], k)] = v
+    return out
+
+
+def test_two_processes_train_like_one(workdir, tmp_path):
+    """`--mode=train` as 2 processes x 4 CPU devices on 127.0.0.1 (jax.distributed, gloo), each
+    feeding its half of every global batch, gives the fixture's in-process 8-device run: the
+    same losses and norms at every logged step and the same final parameters."""
+    two = tmp_path / "two"
+    two.mkdir()
+    for stage in ("damsm", "stream"):
+        shutil.copytree(os.path.join(workdir, stage), two / stage)
+    port = _free_port()
+    procs = []
+    for pid in range(2):
+        env = {
+            **os.environ,
+            "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+            "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+            "JAX_NUM_PROCESSES": "2",
+            "JAX_PROCESS_ID": str(pid),
+        }
+        cmd = [
+            sys.executable,
+            "-m",
+            "mirrorgan_jax.main",
+            "--config=configs/shapes.py:test",
+            f"--workdir={two}",
+            "--mode=train",
+            f"--config.data.data_dir={os.path.join(workdir, 'data')}",
+        ]
+        procs.append(
+            subprocess.Popen(
+                cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+        )
+    logs = []
+    try:
+        for p in procs:
+            logs.append(p.communicate(timeout=600)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for p, log in zip(procs, logs, strict=True):
+        assert p.returncode == 0, log[-3000:]
+    assert "2 processes" in logs[0]
+
+    want = _losses_and_norms(os.path.join(workdir, "gan", "metrics.jsonl"))
+    got = _losses_and_norms(two / "gan" / "metrics.jsonl")
+    assert {s for s, _ in got} == {2, 4} and set(got) <= set(want)
+    for key, value in got.items():
+        np.testing.assert_allclose(value, want[key], rtol=1e-5, err_msg=str(key))
+    ref = _restore_numpy(os.path.join(workdir, "gan", "checkpoints", "4", "state"))
+    new = _restore_numpy(two / "gan" / "checkpoints" / "4" / "state")
+    assert jax.tree.structure(ref) == jax.tree.structure(new)
+    for (path, a), b in zip(
+        jax.tree_util.tree_leaves_with_path(ref), jax.tree.leaves(new), strict=True
+    ):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5, err_msg=jax.tree_util.keystr(path))

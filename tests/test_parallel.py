@@ -1,14 +1,7 @@
-"""Device layout: global BatchNorm statistics under a sharded batch, shard_batch, 2-process SGD."""
+"""Device layout: global BatchNorm statistics under a sharded batch, shard_batch, replicate,
+cluster detection."""
 
 from __future__ import annotations
-
-import importlib.util
-import os
-import socket
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -16,111 +9,56 @@ import pytest
 
 from mirrorgan_jax import parallel
 
-REPO = Path(__file__).resolve().parents[1]
 
-# A tiny conv + BN model and an SGD step, shared by the in-process tests and the 2-process test
-# (the worker file imports nothing from the tests package).
-WORKER = textwrap.dedent(
-    '''
-    import os, sys
-    import numpy as np
+# A tiny conv + BN model and an SGD step. The 2-process test of the real training step (two
+# `main --mode=train` processes on 127.0.0.1) is in test_end_to_end.py.
+def build():
+    import flax.linen as nn
+    import jax.numpy as jnp
 
+    from mirrorgan_jax.models.layers import TorchBatchNorm
 
-    def build():
-        import flax.linen as nn
-        import jax
-        import jax.numpy as jnp
-        from mirrorgan_jax.models.layers import TorchBatchNorm
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x, train):
+            x = nn.Conv(4, (3, 3))(x)
+            x = TorchBatchNorm()(x, train)
+            x = jnp.mean(jax.nn.relu(x), axis=(1, 2))
+            return nn.Dense(1)(x)[:, 0]
 
-        class Net(nn.Module):
-            @nn.compact
-            def __call__(self, x, train):
-                x = nn.Conv(4, (3, 3))(x)
-                x = TorchBatchNorm()(x, train)
-                x = jnp.mean(jax.nn.relu(x), axis=(1, 2))
-                return nn.Dense(1)(x)[:, 0]
+    net = Net()
 
-        net = Net()
+    def loss_fn(params, batch_stats, x, y):
+        out, upd = net.apply(
+            {"params": params, "batch_stats": batch_stats}, x, True, mutable=["batch_stats"]
+        )
+        return jnp.mean((out - y) ** 2), upd["batch_stats"]
 
-        def loss_fn(params, batch_stats, x, y):
-            out, upd = net.apply({"params": params, "batch_stats": batch_stats}, x, True,
-                                 mutable=["batch_stats"])
-            return jnp.mean((out - y) ** 2), upd["batch_stats"]
+    @jax.jit
+    def step(params, batch_stats, batch):
+        (loss, bs), g = jax.value_and_grad(loss_fn, has_aux=True)(
+            params, batch_stats, batch["x"], batch["y"]
+        )
+        params = jax.tree.map(lambda p, gi: p - 0.1 * gi, params, g)
+        return params, bs, loss, g
 
-        @jax.jit
-        def step(params, batch_stats, batch):
-            (loss, bs), g = jax.value_and_grad(loss_fn, has_aux=True)(
-                params, batch_stats, batch["x"], batch["y"])
-            params = jax.tree.map(lambda p, gi: p - 0.1 * gi, params, g)
-            return params, bs, loss, g
+    def init():
+        return net.init(jax.random.key(0), jnp.zeros((1, 6, 6, 2)), False)
 
-        def init():
-            return net.init(jax.random.key(0), jnp.zeros((1, 6, 6, 2)), False)
-
-        return init, step
+    return init, step
 
 
-    def data(steps=3, batch=8):
-        rng = np.random.default_rng(0)
-        x = rng.normal(size=(steps, batch, 6, 6, 2)).astype(np.float32)
-        y = rng.normal(size=(steps, batch)).astype(np.float32)
-        return x, y
+def data(steps=3, batch=8):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(steps, batch, 6, 6, 2)).astype(np.float32)
+    y = rng.normal(size=(steps, batch)).astype(np.float32)
+    return x, y
 
 
-    def train(mesh, rows, steps=3):
-        """SGD over `steps` batches; this process feeds rows[0]:rows[1] of each global batch."""
-        import jax
-        from mirrorgan_jax import parallel
-        init, step = build()
-        v = parallel.replicate(mesh, init())
-        params, bs = v["params"], v["batch_stats"]
-        xs, ys = data(steps)
-        seen = None
-        for s in range(steps):
-            batch = parallel.shard_batch(
-                mesh, {"x": xs[s, rows[0]:rows[1]], "y": ys[s, rows[0]:rows[1]], "key": "skip"})
-            if seen is None:
-                full = jax.jit(lambda a: a, out_shardings=parallel.replicated(mesh))(batch["x"])
-                seen = np.asarray(full.addressable_data(0))
-            params, bs, _, _ = step(params, bs, batch)
-        local = lambda a: np.asarray(a.addressable_data(0))
-        return jax.tree.map(local, params), jax.tree.map(local, bs), seen
-
-
-    if __name__ == "__main__":
-        out = sys.argv[1]
-        sys.path.insert(0, os.environ["REPO"])
-        from mirrorgan_jax import parallel
-        assert parallel.maybe_initialize_distributed(initialization_timeout=30)
-        import jax
-        from flax.traverse_util import flatten_dict
-        mesh = parallel.make_mesh()
-        n, pid = jax.process_count(), jax.process_index()
-        assert n == 2 and jax.device_count() == 4 and len(mesh.local_devices) == 2
-        half = 8 // n
-        params, bs, seen = train(mesh, (pid * half, (pid + 1) * half))
-        flat = {"/".join(k): v for k, v in flatten_dict({"p": params, "s": bs}).items()}
-        np.savez(out, seen=seen, **flat)
-        jax.distributed.shutdown()
-    '''
-)
-
-
-@pytest.fixture(scope="module")
-def worker(tmp_path_factory):
-    path = tmp_path_factory.mktemp("worker") / "mp_worker.py"
-    path.write_text(WORKER)
-    spec = importlib.util.spec_from_file_location("mp_worker", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return path, mod
-
-
-def test_sharded_gradient_and_bn_stats_equal_single_device(worker):
-    _, mod = worker
-    init, step = mod.build()
+def test_sharded_gradient_and_bn_stats_equal_single_device():
+    init, step = build()
     variables = init()
-    xs, ys = mod.data(1, 16)
+    xs, ys = data(1, 16)
     batch = {"x": xs[0], "y": ys[0]}
     one = jax.device_put((variables, batch), jax.devices()[0])
     p1, bs1, l1, g1 = step(one[0]["params"], one[0]["batch_stats"], one[1])
@@ -219,58 +157,3 @@ def test_detect_cluster_and_single_host_noop(monkeypatch):
         )
         is False
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_two_processes_match_single_process(worker, tmp_path):
-    path, mod = worker
-    port = _free_port()
-    procs = []
-    for pid in range(2):
-        env = dict(os.environ)
-        env.update(
-            XLA_FLAGS="--xla_force_host_platform_device_count=2",
-            JAX_PLATFORMS="cpu",
-            REPO=str(REPO),
-            JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-            JAX_COORDINATOR_BIND_ADDRESS=f"127.0.0.1:{port}",
-            JAX_NUM_PROCESSES="2",
-            JAX_PROCESS_ID=str(pid),
-        )
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, str(path), str(tmp_path / f"out{pid}.npz")],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
-    # Reference: one device, the whole batch, while the workers run.
-    params, bs, seen = mod.train(parallel.make_mesh(jax.devices()[:1]), (0, 8))
-    logs = []
-    try:
-        for p in procs:
-            logs.append(p.communicate(timeout=90)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for p, text in zip(procs, logs, strict=True):
-        assert p.returncode == 0, text[-3000:]
-    from flax.traverse_util import flatten_dict
-
-    ref = {"/".join(k): v for k, v in flatten_dict({"p": params, "s": bs}).items()}
-    for pid in range(2):
-        got = np.load(tmp_path / f"out{pid}.npz")
-        # The global batch is process 0's rows then process 1's rows.
-        np.testing.assert_array_equal(got["seen"], seen)
-        for k, v in ref.items():
-            np.testing.assert_allclose(got[k], v, rtol=1e-5, atol=1e-6, err_msg=k)
-    assert not np.allclose(ref["p/Dense_0/kernel"], mod.build()[0]()["params"]["Dense_0"]["kernel"])

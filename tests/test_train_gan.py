@@ -166,3 +166,15 @@ def test_bfloat16_step_is_finite_and_close(setup, one_step):
     for k in ("g/loss", "g/stream_ce") + tuple(f"d{s}/loss" for s in nets16.image_sizes):
         assert np.isfinite(float(metrics[k])), k
         np.testing.assert_allclose(float(metrics[k]), float(ref_metrics[k]), rtol=0.05, err_msg=k)
+
+
+def test_sort_by_caption_length_is_stable_and_longest_first():
+    batch = {
+        "lengths": np.array([3, 5, 3, 7], np.int32),
+        "tokens": np.arange(4)[:, None] * np.ones((1, 2), np.int32),
+        "images": (np.arange(4, dtype=np.float32)[:, None],),
+    }
+    out = train_gan.sort_by_caption_length(batch)
+    np.testing.assert_array_equal(out["lengths"], [7, 5, 3, 3])
+    np.testing.assert_array_equal(out["tokens"][:, 0], [3, 1, 0, 2])  # ties keep batch order
+    np.testing.assert_array_equal(out["images"][0][:, 0], [3, 1, 0, 2])
