@@ -1,4 +1,4 @@
-"""2-D convolution whose weight gradient is a sum of matmuls: the fast path on XLA:CPU.
+"""2-D convolution whose weight gradient is computed with matmuls: the fast path on XLA:CPU.
 
 XLA:CPU computes a convolution's weight gradient several times slower per FLOP than its
 forward pass or its input gradient (../shared/JAX-NOTES.md section 5; measure it with
@@ -7,14 +7,16 @@ input x, HWIO kernel W (kh x kw) and output gradient dy, the weight gradient is
 
     dW[i, j] = sum_{b, p, q} x_pad[b, p * sh + i, q * sw + j, :]^T  dy[b, p, q, :]
 
-that is, kh * kw matrix products of a strided slice of the padded input with dy, each a
-(C_in x B*H*W) @ (B*H*W x C_out) matmul that XLA:CPU runs near its matmul rate. The forward
-pass and the input gradient stay XLA's own. `conv_general_dilated` is a drop-in for
-`lax.conv_general_dilated` in `flax.linen.Conv(conv_general_dilated=...)`; it takes the matmul
-path for 2-D, NHWC/HWIO, ungrouped, undilated convolutions when the policy says so and falls
-back to `lax.conv_general_dilated` otherwise. The policy is "auto" (matmul on the CPU backend,
-XLA's own on GPU/TPU, where its weight gradient is fast), "matmul" or "xla"; it is read at
-trace time, so set it with `weight_grad_policy(...)` before a function is first jitted.
+Stride 1: the kh*kw strided slices of x side by side (im2col, a few images at a time) make one
+(kh*kw*C_in x N) @ (N x C_out) matmul per chunk. Strided: a loop over the taps, one
+(C_in x N) @ (N x C_out) matmul each. Below 16 output channels (the 3-channel image heads) XLA's
+own weight gradient is faster and is kept. The forward pass and the input gradient stay XLA's.
+`conv_general_dilated` is a drop-in for `lax.conv_general_dilated` in
+`flax.linen.Conv(conv_general_dilated=...)`; it takes the matmul path for 2-D, NHWC/HWIO,
+ungrouped, undilated convolutions when the policy says so and falls back to
+`lax.conv_general_dilated` otherwise. The policy is "auto" (matmul on the CPU backend, XLA's own
+on GPU/TPU, where its weight gradient is fast), "matmul" or "xla"; it is read at trace time, so
+set it with `weight_grad_policy(...)` before a function is first jitted.
 """
 
 from __future__ import annotations
@@ -69,11 +71,59 @@ def _conv(x, w, strides, padding, precision):
     )
 
 
-def _weight_grad(x, dy, kernel_hw, strides, padding, precision):
-    """dW [kh, kw, C_in, C_out] as kh*kw matmuls of strided input slices with dy.
+# Largest im2col block (bytes) built at once by the weight gradient; the batch is cut into
+# chunks of whole images to stay under it (one image when a single image exceeds it). On this
+# CPU 16 MB ran as fast or faster than 64 or 256 MB, and 256 MB raised the CUB step's XLA
+# temporary memory from 5.87 to 6.43 GB.
+_IM2COL_BYTES = 16 * 2**20
 
-    The taps run in a loop so that one input slice is alive at a time: unrolled, XLA keeps
-    all kh*kw slices (each the size of x) alive together."""
+
+def _weight_grad_im2col(x, dy, kernel_hw, strides, padding, precision):
+    """dW [kh, kw, C_in, C_out] as one matmul of an im2col block with dy, per batch chunk.
+
+    The block holds the kh*kw strided input slices side by side ([c, Ho, Wo, kh*kw*C_in]), so
+    each chunk is a single (kh*kw*C_in x c*Ho*Wo) @ (c*Ho*Wo x C_out) product. Chunks of whole
+    images keep the block under _IM2COL_BYTES; they run in a loop that sums their products."""
+    (pt, pb), (pl, pr) = padding
+    xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))  # [B, H+pt+pb, W+pl+pr, C_in]
+    b, ho, wo, cout = dy.shape
+    sh, sw = strides
+    kh, kw = kernel_hw
+    cin = x.shape[3]
+    per_image = ho * wo * kh * kw * cin * x.dtype.itemsize
+    fits = [c for c in range(1, b + 1) if b % c == 0 and c * per_image <= _IM2COL_BYTES]
+    chunk = max(fits or [1])
+
+    def product(xs, ds):  # xs [c, Hp, Wp, C_in], ds [c, Ho, Wo, C_out] -> [kh*kw*C_in, C_out]
+        cols = jnp.concatenate(
+            [
+                xs[:, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw, :]
+                for i in range(kh)
+                for j in range(kw)
+            ],
+            axis=-1,
+        )  # [c, Ho, Wo, kh*kw*C_in], tap-major as HWIO
+        return jnp.einsum(
+            "bhwk,bhwo->ko", cols, ds, precision=precision, preferred_element_type=jnp.float32
+        )
+
+    if chunk == b:
+        dw = product(xp, dy)
+    else:
+
+        def body(n, acc):
+            xs = lax.dynamic_slice_in_dim(xp, n * chunk, chunk, axis=0)
+            ds = lax.dynamic_slice_in_dim(dy, n * chunk, chunk, axis=0)
+            return acc + product(xs, ds)
+
+        dw = lax.fori_loop(0, b // chunk, body, jnp.zeros((kh * kw * cin, cout), jnp.float32))
+    return dw.reshape(kh, kw, cin, cout)
+
+
+def _weight_grad_taps(x, dy, kernel_hw, strides, padding, precision):
+    """dW [kh, kw, C_in, C_out] as kh*kw matmuls of strided input slices with dy (strided
+    convolutions, where it beats the im2col block). The taps run in a loop so that one input
+    slice is alive at a time: unrolled, XLA keeps all kh*kw slices alive together."""
     (pt, pb), (pl, pr) = padding
     xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))  # [B, H+pt+pb, W+pl+pr, C_in]
     b, ho, wo, cout = dy.shape
@@ -94,6 +144,18 @@ def _weight_grad(x, dy, kernel_hw, strides, padding, precision):
     return dw.reshape(kh, kw, cin, cout)
 
 
+# Below this many output channels XLA's own weight gradient is faster (the image heads, 3).
+_MIN_MATMUL_COUT = 16
+
+
+def _weight_grad(x, dy, kernel_hw, strides, padding, precision):
+    """dW [kh, kw, C_in, C_out]: im2col for stride 1, per-tap matmuls for strided convolutions
+    (each the faster of the two there, `benchmark --what=conv` and the README's table)."""
+    if tuple(strides) == (1, 1):
+        return _weight_grad_im2col(x, dy, kernel_hw, strides, padding, precision)
+    return _weight_grad_taps(x, dy, kernel_hw, strides, padding, precision)
+
+
 @functools.lru_cache(maxsize=None)
 def _matmul_grad_conv(strides: tuple, padding: tuple, precision):
     @jax.custom_vjp
@@ -107,6 +169,10 @@ def _matmul_grad_conv(strides: tuple, padding: tuple, precision):
         x, w = res
         _, input_vjp = jax.vjp(lambda x_: _conv(x_, w, strides, padding, precision), x)
         (dx,) = input_vjp(dy)
+        if w.shape[3] < _MIN_MATMUL_COUT:
+            _, weight_vjp = jax.vjp(lambda w_: _conv(x, w_, strides, padding, precision), w)
+            (dw,) = weight_vjp(dy)
+            return dx, dw
         dw = _weight_grad(x, dy, w.shape[:2], strides, padding, precision)
         return dx, dw.astype(w.dtype)
 

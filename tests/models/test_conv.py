@@ -10,14 +10,16 @@ from mirrorgan_jax.models import conv
 from mirrorgan_jax.models.layers import Conv
 
 CASES = [
-    # kernel, stride, padding, C_in, C_out, H (odd sizes and strides that leave pixels over)
-    (3, 1, ((1, 1), (1, 1)), 5, 7, 9),
-    (4, 2, ((1, 1), (1, 1)), 3, 6, 16),
-    (1, 1, "SAME", 4, 4, 5),
-    (3, 2, "SAME", 3, 5, 11),
-    (7, 2, ((3, 3), (3, 3)), 3, 8, 20),
-    (3, 1, "VALID", 2, 3, 8),
-    (3, 2, ((0, 1), (2, 0)), 2, 3, 7),
+    # kernel, stride, padding, C_in, C_out, H (odd sizes and strides that leave pixels over);
+    # C_out >= 16 takes the matmul weight gradient, the last case (3) XLA's own
+    (3, 1, ((1, 1), (1, 1)), 5, 16, 9),
+    (4, 2, ((1, 1), (1, 1)), 3, 17, 16),
+    (1, 1, "SAME", 4, 16, 5),
+    (3, 2, "SAME", 3, 16, 11),
+    (7, 2, ((3, 3), (3, 3)), 3, 16, 20),
+    (3, 1, "VALID", 2, 18, 8),
+    (3, 2, ((0, 1), (2, 0)), 2, 16, 7),
+    (3, 1, ((1, 1), (1, 1)), 4, 3, 6),
 ]
 
 
@@ -78,3 +80,27 @@ def test_fallbacks_and_policy():
     with pytest.raises(ValueError, match="'fast'.*expected one of"):
         with conv.weight_grad_policy("fast"):
             pass
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_im2col_chunks_and_taps_equal_xla(monkeypatch, stride):
+    """Both matmul forms, the im2col one also cut into one-image chunks, equal XLA's dW."""
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(3, 10, 10, 4)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(3, 3, 4, 16)), jnp.float32)
+    pads = ((1, 1), (1, 1))
+
+    def f(w_):
+        return conv._conv(x, w_, (stride, stride), pads, None)
+
+    y, vjp = jax.vjp(f, w)
+    dy = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+    (want,) = vjp(dy)
+    args = (x, dy, (3, 3), (stride, stride), pads, None)
+    whole = conv._weight_grad_im2col(*args)
+    monkeypatch.setattr(conv, "_IM2COL_BYTES", 1)  # forces chunks of one image
+    chunked = jax.jit(lambda: conv._weight_grad_im2col(*args))()
+    jaxpr = str(jax.make_jaxpr(lambda: conv._weight_grad_im2col(*args))())
+    assert "scan" in jaxpr or "while" in jaxpr  # the loop over chunks
+    for got in (whole, chunked, conv._weight_grad_taps(*args)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
