@@ -136,6 +136,8 @@ def bench_train(config, nets, n_words, steps, calib, rows) -> float:
     t0 = time.perf_counter()
     compiled = step.lower(state, batch, rng, frozen).compile()
     compile_s = time.perf_counter() - t0
+    rss_before_steps = peak_memory()["peak_rss_gb"]  # init + compile, before any step ran
+    mem = compiled.memory_analysis()  # XLA's own account of the step's buffers (None if absent)
     flops = _reference_flops(step_fn, (state, batch, rng, frozen))
     times = []
     state, m = compiled(state, batch, rng, frozen)  # warm-up
@@ -164,7 +166,14 @@ def bench_train(config, nets, n_words, steps, calib, rows) -> float:
         "fraction_of_calibration": (flops / med / calib / jax.device_count()) if flops else None,
         "g_loss": float(m["g/loss"]),
         **peak_memory(),
+        "peak_rss_before_steps_gb": rss_before_steps,
     }
+    if mem is not None:
+        rec["xla_temp_gb"] = mem.temp_size_in_bytes / 1e9
+        rec["xla_arguments_gb"] = mem.argument_size_in_bytes / 1e9
+        rec["xla_outputs_not_aliased_gb"] = (
+            mem.output_size_in_bytes - mem.alias_size_in_bytes
+        ) / 1e9
     _emit(rec, rows)
     return b / med
 

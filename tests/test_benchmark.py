@@ -28,6 +28,9 @@ def test_train_record(measured):
     assert 0 < train["min_s"] <= train["median_s"] and train["compile_s"] > 0
     assert train["images_per_s"] == pytest.approx(train["batch"] / train["median_s"])
     assert train["peak_rss_gb"] > 0
+    assert 0 < train["peak_rss_before_steps_gb"] <= train["peak_rss_gb"]
+    assert train["xla_temp_gb"] > 0 and train["xla_arguments_gb"] > 0
+    assert train["xla_outputs_not_aliased_gb"] >= 0
 
 
 def test_breakdown_parts_cover_the_iteration(measured):
