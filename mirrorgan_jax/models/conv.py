@@ -78,19 +78,18 @@ def _conv(x, w, strides, padding, precision):
 _IM2COL_BYTES = 16 * 2**20
 
 
-def _weight_grad_im2col(x, dy, kernel_hw, strides, padding, precision):
-    """dW [kh, kw, C_in, C_out] as one matmul of an im2col block with dy, per batch chunk.
+def _weight_grad_im2col(xp, dy, kernel_hw, strides, precision):
+    """dW [kh*kw*C_in, C_out] as one matmul of an im2col block with dy, per batch chunk.
 
-    The block holds the kh*kw strided input slices side by side ([c, Ho, Wo, kh*kw*C_in]), so
-    each chunk is a single (kh*kw*C_in x c*Ho*Wo) @ (c*Ho*Wo x C_out) product. Chunks of whole
-    images keep the block under _IM2COL_BYTES; they run in a loop that sums their products."""
-    (pt, pb), (pl, pr) = padding
-    xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))  # [B, H+pt+pb, W+pl+pr, C_in]
+    xp is the padded input [B, Hp, Wp, C_in]. The block holds the kh*kw strided input slices
+    side by side ([c, Ho, Wo, kh*kw*C_in]), so each chunk is a single
+    (kh*kw*C_in x c*Ho*Wo) @ (c*Ho*Wo x C_out) product. Chunks of whole images keep the block
+    under _IM2COL_BYTES; they run in a loop that sums their products."""
     b, ho, wo, cout = dy.shape
     sh, sw = strides
     kh, kw = kernel_hw
-    cin = x.shape[3]
-    per_image = ho * wo * kh * kw * cin * x.dtype.itemsize
+    cin = xp.shape[3]
+    per_image = ho * wo * kh * kw * cin * xp.dtype.itemsize
     fits = [c for c in range(1, b + 1) if b % c == 0 and c * per_image <= _IM2COL_BYTES]
     chunk = max(fits or [1])
 
@@ -108,28 +107,24 @@ def _weight_grad_im2col(x, dy, kernel_hw, strides, padding, precision):
         )
 
     if chunk == b:
-        dw = product(xp, dy)
-    else:
+        return product(xp, dy)
 
-        def body(n, acc):
-            xs = lax.dynamic_slice_in_dim(xp, n * chunk, chunk, axis=0)
-            ds = lax.dynamic_slice_in_dim(dy, n * chunk, chunk, axis=0)
-            return acc + product(xs, ds)
+    def body(n, acc):
+        xs = lax.dynamic_slice_in_dim(xp, n * chunk, chunk, axis=0)
+        ds = lax.dynamic_slice_in_dim(dy, n * chunk, chunk, axis=0)
+        return acc + product(xs, ds)
 
-        dw = lax.fori_loop(0, b // chunk, body, jnp.zeros((kh * kw * cin, cout), jnp.float32))
-    return dw.reshape(kh, kw, cin, cout)
+    return lax.fori_loop(0, b // chunk, body, jnp.zeros((kh * kw * cin, cout), jnp.float32))
 
 
-def _weight_grad_taps(x, dy, kernel_hw, strides, padding, precision):
-    """dW [kh, kw, C_in, C_out] as kh*kw matmuls of strided input slices with dy (strided
-    convolutions, where it beats the im2col block). The taps run in a loop so that one input
-    slice is alive at a time: unrolled, XLA keeps all kh*kw slices alive together."""
-    (pt, pb), (pl, pr) = padding
-    xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))  # [B, H+pt+pb, W+pl+pr, C_in]
+def _weight_grad_taps(xp, dy, kernel_hw, strides, precision):
+    """dW [kh*kw, C_in, C_out] as kh*kw matmuls of strided slices of the padded input xp with
+    dy. The taps run in a loop so that one input slice is alive at a time: unrolled, XLA keeps
+    all kh*kw slices alive together."""
     b, ho, wo, cout = dy.shape
     sh, sw = strides
     kh, kw = kernel_hw
-    cin = x.shape[3]
+    cin = xp.shape[3]
     span = (b, sh * (ho - 1) + 1, sw * (wo - 1) + 1, cin)
 
     def tap(t, dw):
@@ -140,8 +135,7 @@ def _weight_grad_taps(x, dy, kernel_hw, strides, padding, precision):
         )  # [C_in, C_out]
         return dw.at[t].set(g)
 
-    dw = lax.fori_loop(0, kh * kw, tap, jnp.zeros((kh * kw, cin, cout), jnp.float32))
-    return dw.reshape(kh, kw, cin, cout)
+    return lax.fori_loop(0, kh * kw, tap, jnp.zeros((kh * kw, cin, cout), jnp.float32))
 
 
 # Below this many output channels XLA's own weight gradient is faster (the image heads, 3).
@@ -149,11 +143,13 @@ _MIN_MATMUL_COUT = 16
 
 
 def _weight_grad(x, dy, kernel_hw, strides, padding, precision):
-    """dW [kh, kw, C_in, C_out]: im2col for stride 1, per-tap matmuls for strided convolutions
-    (each the faster of the two there, `benchmark --what=conv` and the README's table)."""
-    if tuple(strides) == (1, 1):
-        return _weight_grad_im2col(x, dy, kernel_hw, strides, padding, precision)
-    return _weight_grad_taps(x, dy, kernel_hw, strides, padding, precision)
+    """dW [kh, kw, C_in, C_out], float32: an im2col block for stride 1, per-tap matmuls for
+    strided convolutions (the faster of the two for each; timings in the README)."""
+    (pt, pb), (pl, pr) = padding
+    xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))  # [B, H+pt+pb, W+pl+pr, C_in]
+    form = _weight_grad_im2col if tuple(strides) == (1, 1) else _weight_grad_taps
+    dw = form(xp, dy, kernel_hw, strides, precision)
+    return dw.reshape(*kernel_hw, x.shape[3], dy.shape[3])
 
 
 @functools.lru_cache(maxsize=None)
@@ -167,12 +163,10 @@ def _matmul_grad_conv(strides: tuple, padding: tuple, precision):
 
     def bwd(res, dy):
         x, w = res
+        if w.shape[3] < _MIN_MATMUL_COUT:  # XLA's own gradients, both
+            return jax.vjp(lambda x_, w_: _conv(x_, w_, strides, padding, precision), x, w)[1](dy)
         _, input_vjp = jax.vjp(lambda x_: _conv(x_, w, strides, padding, precision), x)
         (dx,) = input_vjp(dy)
-        if w.shape[3] < _MIN_MATMUL_COUT:
-            _, weight_vjp = jax.vjp(lambda w_: _conv(x, w_, strides, padding, precision), w)
-            (dw,) = weight_vjp(dy)
-            return dx, dw
         dw = _weight_grad(x, dy, w.shape[:2], strides, padding, precision)
         return dx, dw.astype(w.dtype)
 
