@@ -27,8 +27,10 @@ FIND_LINKS = "https://storage.googleapis.com/jax-releases/libtpu_releases.html"
 
 FAKE_PYTHON = """#!/usr/bin/env bash
 # fake venv python: record argv and JAX_PLATFORMS, then stay alive for FAKE_MAIN_SLEEP seconds
+# (written to a temporary file and renamed, so a reader never sees it half written)
 if [ "$1" = "-c" ]; then echo "fake python -c"; exit 0; fi
-{ printf '%s\\n' "$@"; echo "JAX_PLATFORMS=${JAX_PLATFORMS:-}"; } > "$HOME/python_argv.txt"
+{ printf '%s\\n' "$@"; echo "JAX_PLATFORMS=${JAX_PLATFORMS:-}"; } > "$HOME/python_argv.tmp"
+mv "$HOME/python_argv.tmp" "$HOME/python_argv.txt"
 echo "fake main running"
 exec sleep "${FAKE_MAIN_SLEEP:-30}"
 """
