@@ -163,8 +163,6 @@ def _matmul_grad_conv(strides: tuple, padding: tuple, precision):
 
     def bwd(res, dy):
         x, w = res
-        if w.shape[3] < _MIN_MATMUL_COUT:  # XLA's own gradients, both
-            return jax.vjp(lambda x_, w_: _conv(x_, w_, strides, padding, precision), x, w)[1](dy)
         _, input_vjp = jax.vjp(lambda x_: _conv(x_, w, strides, padding, precision), x)
         (dx,) = input_vjp(dy)
         dw = _weight_grad(x, dy, w.shape[:2], strides, padding, precision)
@@ -205,6 +203,7 @@ def conv_general_dilated(
         and feature_group_count == 1
         and batch_group_count == 1
         and preferred_element_type is None
+        and rhs.shape[-1] >= _MIN_MATMUL_COUT  # fewer output channels: XLA's own is faster
     )
     pads = (
         _explicit_padding(padding, lhs.shape[1:3], rhs.shape[:2], tuple(window_strides))
