@@ -18,10 +18,13 @@ peak RSS is the process's peak so far, so compare memory in separate runs.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import resource
 import statistics
+import sys
 import tempfile
 import time
 
@@ -55,6 +58,42 @@ _CONV_WEIGHT_GRAD = flags.DEFINE_list(
     f"Convolution weight-gradient policies to measure, in order (each of {conv.POLICIES}).",
 )
 flags.mark_flags_as_required(["config"])
+
+
+def _progress(msg: str) -> None:
+    """A timestamped line on stderr, so a run cut off by a time limit shows where it was."""
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _timing_turn():
+    """Exclusive use of the accelerator for a timed section.
+
+    With `MIRRORGAN_BENCH_TURNS=DIR:N` set, N benchmark processes started side by side (each
+    its own variant) initialise and compile at the same time, wait until all N have compiled,
+    then time their steps one after another under a file lock in DIR: the compiles overlap,
+    the measurements do not. A process that died before compiling would leave the others
+    waiting, so they go on after 10 minutes regardless. Unset: no waiting."""
+    spec = os.environ.get("MIRRORGAN_BENCH_TURNS")
+    if not spec:
+        yield
+        return
+    folder, n = spec.rsplit(":", 1)
+    os.makedirs(folder, exist_ok=True)
+    open(os.path.join(folder, f"compiled.{os.getpid()}"), "w").close()
+    deadline = time.time() + 600
+    while len([f for f in os.listdir(folder) if f.startswith("compiled.")]) < int(n):
+        if time.time() > deadline:
+            _progress(f"not all {n} processes compiled in 10 minutes; timing anyway")
+            break
+        time.sleep(0.5)
+    with open(os.path.join(folder, "lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _progress("timing turn taken")
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _emit(record: dict, rows: list) -> None:
@@ -126,6 +165,7 @@ def bench_train(config, nets, n_words, steps, calib, rows) -> float:
         parallel.replicated(mesh),
     )
     init_s = time.perf_counter() - t0
+    _progress(f"train: initialised in {init_s:.1f} s")
     b = config.train.batch_size
     batch = parallel.shard_batch(mesh, random_batch(nets, b, n_words))
 
@@ -134,19 +174,24 @@ def bench_train(config, nets, n_words, steps, calib, rows) -> float:
 
     step = jax.jit(step_fn, donate_argnums=(0,))
     t0 = time.perf_counter()
-    compiled = step.lower(state, batch, rng, frozen).compile()
+    lowered = step.lower(state, batch, rng, frozen)
+    _progress(f"train: traced and lowered in {time.perf_counter() - t0:.1f} s")
+    compiled = lowered.compile()
     compile_s = time.perf_counter() - t0
+    _progress(f"train: compiled in {compile_s:.1f} s (tracing included)")
     rss_before_steps = peak_memory()["peak_rss_gb"]  # init + compile, before any step ran
     mem = compiled.memory_analysis()  # XLA's own account of the step's buffers (None if absent)
-    flops = _reference_flops(step_fn, (state, batch, rng, frozen))
+    flops = _reference_flops(step_fn, (state, batch, rng, frozen), compiled)
     times = []
-    state, m = compiled(state, batch, rng, frozen)  # warm-up
-    jax.block_until_ready(m)
-    for i in range(steps):
-        t = time.perf_counter()
-        state, m = compiled(state, batch, jax.random.fold_in(rng, i), frozen)
+    with _timing_turn():
+        state, m = compiled(state, batch, rng, frozen)  # warm-up
         jax.block_until_ready(m)
-        times.append(time.perf_counter() - t)
+        _progress("train: warm-up step done")
+        for i in range(steps):
+            t = time.perf_counter()
+            state, m = compiled(state, batch, jax.random.fold_in(rng, i), frozen)
+            jax.block_until_ready(m)
+            times.append(time.perf_counter() - t)
     med = statistics.median(times)
     rec = {
         "what": "train",
@@ -178,17 +223,26 @@ def bench_train(config, nets, n_words, steps, calib, rows) -> float:
     return b / med
 
 
-def _reference_flops(fn, args) -> float:
+def _flops_of(cost) -> float:
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float((cost or {}).get("flops", 0.0))
+
+
+def _reference_flops(fn, args, compiled=None) -> float:
     """XLA's FLOP count of `fn(*args)` traced with XLA's own convolution weight gradient.
 
     The matmul weight gradient (models/conv.py) loops over the kernel taps, and XLA's cost
     analysis does not always multiply a loop body by its trip count (the CUB step read 18%
     fewer FLOPs with it); the arithmetic is the same, so the count is taken without it. `fn`
-    is a plain (un-jitted) function, traced afresh: a cached trace would keep its policy."""
+    is a plain (un-jitted) function, traced afresh: a cached trace would keep its policy.
+    `compiled`, if given and built under XLA's own weight gradient, is asked first: on GPU
+    only a compiled executable reports FLOPs, and re-tracing the step costs time."""
+    if compiled is not None and conv.resolved_policy() == "xla":
+        flops = _flops_of(compiled.cost_analysis())
+        if flops:
+            return flops
     with conv.weight_grad_policy("xla"):
-        cost = jax.jit(lambda *a: fn(*a)).lower(*args).cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    return float((cost or {}).get("flops", 0.0))
+        return _flops_of(jax.jit(lambda *a: fn(*a)).lower(*args).cost_analysis())
 
 
 def iteration_parts(nets: Networks, hyper, state, frozen, batch, rng) -> dict:
@@ -268,7 +322,7 @@ def bench_breakdown(config, nets, n_words, steps, calib, rows) -> None:
         t0 = time.perf_counter()
         compiled = jax.jit(fn).lower(*args).compile()
         compile_s = time.perf_counter() - t0
-        flops = _reference_flops(fn, args)
+        flops = _reference_flops(fn, args, compiled)
         med = statistics.median(_timed(compiled, args, steps))
         records.append(
             {
