@@ -181,7 +181,7 @@ def bench_train(config, nets, n_words, steps, calib, rows) -> float:
     _progress(f"train: compiled in {compile_s:.1f} s (tracing included)")
     rss_before_steps = peak_memory()["peak_rss_gb"]  # init + compile, before any step ran
     mem = compiled.memory_analysis()  # XLA's own account of the step's buffers (None if absent)
-    flops = _reference_flops(step_fn, (state, batch, rng, frozen), compiled)
+    flops = _reference_flops(step_fn, (state, batch, rng, frozen))
     times = []
     with _timing_turn():
         state, m = compiled(state, batch, rng, frozen)  # warm-up
@@ -223,26 +223,23 @@ def bench_train(config, nets, n_words, steps, calib, rows) -> float:
     return b / med
 
 
-def _flops_of(cost) -> float:
+def _reference_flops(fn, args) -> float:
+    """XLA's FLOP count of `fn(*args)` lowered for the CPU, with XLA's own convolution
+    weight gradient, whatever device runs the benchmark.
+
+    On GPU neither the lowered nor the compiled program counts the FLOPs of its cuDNN and
+    cuBLAS calls (the CUB step read 0.02 TFLOP there, 1.85 on CPU), so the count is always
+    the CPU lowering's. The matmul weight gradient (models/conv.py) loops over the kernel
+    taps, and XLA's cost analysis does not always multiply a loop body by its trip count (the
+    CUB step read 18% fewer FLOPs with it); the arithmetic is the same, so the count is taken
+    without it. `fn` is a plain (un-jitted) function, traced afresh: a cached trace would keep
+    its policy. Arguments enter as shapes only (no device placement)."""
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), args)
+    with conv.weight_grad_policy("xla"):
+        lowered = jax.jit(lambda *a: fn(*a)).trace(*shapes).lower(lowering_platforms=("cpu",))
+        cost = lowered.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     return float((cost or {}).get("flops", 0.0))
-
-
-def _reference_flops(fn, args, compiled=None) -> float:
-    """XLA's FLOP count of `fn(*args)` traced with XLA's own convolution weight gradient.
-
-    The matmul weight gradient (models/conv.py) loops over the kernel taps, and XLA's cost
-    analysis does not always multiply a loop body by its trip count (the CUB step read 18%
-    fewer FLOPs with it); the arithmetic is the same, so the count is taken without it. `fn`
-    is a plain (un-jitted) function, traced afresh: a cached trace would keep its policy.
-    `compiled`, if given and built under XLA's own weight gradient, is asked first: on GPU
-    only a compiled executable reports FLOPs, and re-tracing the step costs time."""
-    if compiled is not None and conv.resolved_policy() == "xla":
-        flops = _flops_of(compiled.cost_analysis())
-        if flops:
-            return flops
-    with conv.weight_grad_policy("xla"):
-        return _flops_of(jax.jit(lambda *a: fn(*a)).lower(*args).cost_analysis())
 
 
 def iteration_parts(nets: Networks, hyper, state, frozen, batch, rng) -> dict:
@@ -322,7 +319,7 @@ def bench_breakdown(config, nets, n_words, steps, calib, rows) -> None:
         t0 = time.perf_counter()
         compiled = jax.jit(fn).lower(*args).compile()
         compile_s = time.perf_counter() - t0
-        flops = _reference_flops(fn, args, compiled)
+        flops = _reference_flops(fn, args)
         med = statistics.median(_timed(compiled, args, steps))
         records.append(
             {

@@ -67,3 +67,36 @@ def test_conv_passes_both_weight_grad_policies():
     for r in rows:
         assert r["flops"] == 2 * 2 * 8 * 8 * 9 * 4 * 4 and r["median_s"] > 0
         assert r["fraction_of_calibration"] == pytest.approx(r["flops"] / r["median_s"] / 1e11)
+
+
+_VARIANT = """
+import sys, time
+from mirrorgan_jax import benchmark
+time.sleep(float(sys.argv[1]))  # a slower compile
+compiled = time.time()
+with benchmark._timing_turn():
+    t = time.time()
+    time.sleep(0.3)
+    print(compiled, t, time.time())
+"""
+
+
+def test_timing_turns_wait_for_all_and_never_overlap(tmp_path):
+    """Variants started side by side as processes: none times before all have compiled, and
+    their timed sections run one after another."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MIRRORGAN_BENCH_TURNS": f"{tmp_path}:3", "JAX_PLATFORMS": "cpu"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _VARIANT, str(d)], env=env, stdout=subprocess.PIPE, text=True
+        )
+        for d in (0.0, 1.0, 2.0)
+    ]
+    rows = sorted(tuple(map(float, p.communicate(timeout=120)[0].split())) for p in procs)
+    assert [p.returncode for p in procs] == [0, 0, 0] and len(rows) == 3
+    spans = sorted((start, end) for _, start, end in rows)
+    assert spans[0][0] >= max(compiled for compiled, _, _ in rows)  # after the last compile
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))  # no overlap
