@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 
 import jax
+import jax.numpy as jnp
 from absl import logging
 
 from mirrorgan_jax import (
@@ -67,84 +68,101 @@ def import_all(config, workdir: str) -> dict:
     rng = jax.random.key(0)
     states = {}
 
-    # Convert and check everything first: nothing is written if any file does not fit.
+    # Convert and check everything first: nothing is written if any file does not fit. Only
+    # the networks no file provides get random weights; optimiser states start fresh.
+    step0 = jnp.zeros((), jnp.int32)
     if w.text_encoder or w.image_encoder:
-        tx = pretrain_damsm.make_tx(config, 1)
-        state = pretrain_damsm.init_state(nets, tx, rng)
-        params, stats = dict(state.params), state.batch_stats
+        kt, ki = jax.random.split(rng)
         if w.text_encoder:
-            v = _convert(
+            text = _convert(
                 w.text_encoder,
                 gan.text_encoder_variables,
                 nets.init_text_encoder(rng, abstract=True),
                 "text_encoder",
             )
-            params["text"] = v["params"]
+        else:
+            text = nets.init_text_encoder(kt)
         if w.image_encoder:
-            v = _convert(
+            image = _convert(
                 w.image_encoder,
                 damsm.image_encoder_variables,
                 nets.init_image_encoder(rng, abstract=True),
                 "image_encoder",
             )
-            params["image"], stats = v["params"], v.get("batch_stats", {})
-        states["damsm"] = state.replace(params=params, batch_stats=stats, opt_state=tx.init(params))
+        else:
+            image = nets.init_image_encoder(ki)
+        params = {"text": text["params"], "image": image["params"]}
+        states["damsm"] = pretrain_damsm.DamsmState(
+            step=step0,
+            params=params,
+            batch_stats=image.get("batch_stats", {}),
+            opt_state=jax.jit(pretrain_damsm.make_tx(config, 1).init)(params),
+        )
     if w.caption_cnn or w.caption_rnn:
-        tx = pretrain_stream.make_tx(config)
-        state = pretrain_stream.init_state(nets, tx, rng)
-        params, stats = dict(state.params), state.batch_stats
+        kc, kr = jax.random.split(rng)
         if w.caption_cnn:
-            v = _convert(
+            cnn = _convert(
                 w.caption_cnn,
                 stream.caption_cnn_variables,
                 nets.init_caption_cnn(rng, abstract=True),
                 "caption_cnn",
             )
-            params["cnn"], stats = v["params"], v.get("batch_stats", {})
+        else:
+            cnn = nets.init_caption_cnn(kc)
         if w.caption_rnn:
-            v = _convert(
+            rnn = _convert(
                 w.caption_rnn,
                 stream.caption_rnn_variables,
                 nets.init_caption_rnn(rng, abstract=True),
                 "caption_rnn",
             )
-            params["rnn"] = v["params"]
-        states["stream"] = state.replace(
-            params=params, batch_stats=stats, opt_state=tx.init(params)
+        else:
+            rnn = nets.init_caption_rnn(kr)
+        params = {"cnn": cnn["params"], "rnn": rnn["params"]}
+        states["stream"] = pretrain_stream.StreamState(
+            step=step0,
+            params=params,
+            batch_stats=cnn.get("batch_stats", {}),
+            opt_state=jax.jit(pretrain_stream.make_tx(config).init)(params),
         )
     if w.generator:
         hyper = train_gan.GanHyper.from_config(config)
-        state = train_gan.init_gan_state(nets, hyper, rng)
-        v = _convert(
+        g = _convert(
             w.generator,
             lambda sd: gan.generator_variables(sd, len(nets.image_sizes)),
             nets.init_generator(rng, abstract=True),
             "generator",
         )
-        d_params, d_stats = list(state.d_params), list(state.d_batch_stats)
-        d_files = [f for f in w.discriminators.split(",") if f.strip()]
+        d_files = [f.strip() for f in w.discriminators.split(",") if f.strip()]
         if d_files and len(d_files) != len(nets.image_sizes):
             raise ValueError(
                 f"config.weights.discriminators lists {len(d_files)} files but the model has "
                 f"{len(nets.image_sizes)} stages ({nets.image_sizes}); give one per stage"
             )
-        for i, f in enumerate(d_files):
-            size = nets.image_sizes[i]
-            dv = _convert(
-                f.strip(),
-                lambda sd, s=size: gan.discriminator_variables(sd, s),
-                nets.init_discriminator(i, rng, abstract=True),
-                "discriminator",
-            )
-            d_params[i], d_stats[i] = dv["params"], dv.get("batch_stats", {})
-        states["gan"] = state.replace(
-            g_params=v["params"],
-            g_batch_stats=v.get("batch_stats", {}),
-            g_opt=hyper.g_tx().init(v["params"]),
-            ema_params=v["params"],
-            d_params=tuple(d_params),
-            d_batch_stats=tuple(d_stats),
-            d_opts=tuple(hyper.d_tx().init(p) for p in d_params),
+        ds = []
+        for i, key in enumerate(jax.random.split(rng, len(nets.image_sizes))):
+            if d_files:
+                ds.append(
+                    _convert(
+                        d_files[i],
+                        lambda sd, s=nets.image_sizes[i]: gan.discriminator_variables(sd, s),
+                        nets.init_discriminator(i, rng, abstract=True),
+                        "discriminator",
+                    )
+                )
+            else:
+                ds.append(nets.init_discriminator(i, key))
+        d_params = tuple(d["params"] for d in ds)
+        d_init = jax.jit(hyper.d_tx().init)
+        states["gan"] = train_gan.GanState(
+            step=step0,
+            g_params=g["params"],
+            g_batch_stats=g.get("batch_stats", {}),
+            g_opt=jax.jit(hyper.g_tx().init)(g["params"]),
+            ema_params=g["params"],
+            d_params=d_params,
+            d_batch_stats=tuple(d.get("batch_stats", {}) for d in ds),
+            d_opts=tuple(d_init(p) for p in d_params),
         )
 
     for name in states:

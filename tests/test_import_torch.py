@@ -173,3 +173,48 @@ def test_no_weights_given_is_an_error(tmp_path):
 
 def test_import_needs_no_torch(imported):
     assert "torch" not in sys.modules  # .npz and the restricted .pth reader need no torch
+
+
+def test_networks_without_a_file_get_fresh_weights(weight_files, tmp_path):
+    """Generator and caption RNN given, discriminators and caption CNN not: those get random
+    weights of the checkpoint's shapes, every optimiser state starts at zero, and the given
+    generator is stored as converted."""
+    import jax
+
+    from mirrorgan_jax import checkpoints, pretrain_stream, train_gan
+    from mirrorgan_jax.torch_import import gan as gan_import
+
+    files = {"generator": weight_files["generator"], "caption_rnn": weight_files["caption_rnn"]}
+    config = configured(files)
+    assert set(import_torch.import_all(config, str(tmp_path))) == {"stream", "gan"}
+    nets = Networks.from_config(config)
+    rng = jax.random.key(0)
+    replicated = parallel.replicated(parallel.make_mesh())
+    targets = {
+        "gan": train_gan.init_gan_state(
+            nets, train_gan.GanHyper.from_config(config), rng, abstract=True
+        ),
+        "stream": pretrain_stream.init_state(
+            nets, pretrain_stream.make_tx(config), rng, abstract=True
+        ),
+    }
+    restored = {}
+    for name, target in targets.items():
+        ckpt = checkpoints.Checkpointer(tmp_path / name / "checkpoints", async_save=False)
+        state, _ = ckpt.restore(0, checkpoints.abstract_like(target, replicated))
+        for got, want in zip(jax.tree.leaves(state), jax.tree.leaves(target), strict=True):
+            assert got.shape == want.shape and got.dtype == want.dtype
+        assert checkpoints.first_non_finite(state) is None
+        opt = (state.g_opt, state.d_opts) if name == "gan" else state.opt_state
+        assert all(not np.any(np.asarray(x)) for x in jax.tree.leaves(opt))
+        restored[name] = state
+    gan_state = restored["gan"]
+    for d in (*gan_state.d_params, restored["stream"].params["cnn"]):  # random, not zeros
+        assert any(np.any(np.asarray(x)) for x in jax.tree.leaves(d))
+    g_file = gan_import.generator_variables(
+        dict(np.load(files["generator"])), len(nets.image_sizes)
+    )
+    for got, want in zip(
+        jax.tree.leaves(gan_state.g_params), jax.tree.leaves(g_file["params"]), strict=True
+    ):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
