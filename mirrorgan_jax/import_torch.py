@@ -49,6 +49,14 @@ def _convert(path: str, convert, expected, hint_key: str):
     return variables
 
 
+def _file_or_fresh(path: str, convert, init, key, hint_key: str):
+    """The file's converted variables, checked against `init`'s shapes; without a file, fresh
+    random ones from `init(key)`."""
+    if path:
+        return _convert(path, convert, init(key, abstract=True), hint_key)
+    return init(key)
+
+
 def _n_words(config, workdir: str) -> int | None:
     try:
         return pipeline.load_tokenizer(config, workdir).vocab_size
@@ -73,24 +81,16 @@ def import_all(config, workdir: str) -> dict:
     step0 = jnp.zeros((), jnp.int32)
     if w.text_encoder or w.image_encoder:
         kt, ki = jax.random.split(rng)
-        if w.text_encoder:
-            text = _convert(
-                w.text_encoder,
-                gan.text_encoder_variables,
-                nets.init_text_encoder(rng, abstract=True),
-                "text_encoder",
-            )
-        else:
-            text = nets.init_text_encoder(kt)
-        if w.image_encoder:
-            image = _convert(
-                w.image_encoder,
-                damsm.image_encoder_variables,
-                nets.init_image_encoder(rng, abstract=True),
-                "image_encoder",
-            )
-        else:
-            image = nets.init_image_encoder(ki)
+        text = _file_or_fresh(
+            w.text_encoder, gan.text_encoder_variables, nets.init_text_encoder, kt, "text_encoder"
+        )
+        image = _file_or_fresh(
+            w.image_encoder,
+            damsm.image_encoder_variables,
+            nets.init_image_encoder,
+            ki,
+            "image_encoder",
+        )
         params = {"text": text["params"], "image": image["params"]}
         states["damsm"] = pretrain_damsm.DamsmState(
             step=step0,
@@ -100,24 +100,12 @@ def import_all(config, workdir: str) -> dict:
         )
     if w.caption_cnn or w.caption_rnn:
         kc, kr = jax.random.split(rng)
-        if w.caption_cnn:
-            cnn = _convert(
-                w.caption_cnn,
-                stream.caption_cnn_variables,
-                nets.init_caption_cnn(rng, abstract=True),
-                "caption_cnn",
-            )
-        else:
-            cnn = nets.init_caption_cnn(kc)
-        if w.caption_rnn:
-            rnn = _convert(
-                w.caption_rnn,
-                stream.caption_rnn_variables,
-                nets.init_caption_rnn(rng, abstract=True),
-                "caption_rnn",
-            )
-        else:
-            rnn = nets.init_caption_rnn(kr)
+        cnn = _file_or_fresh(
+            w.caption_cnn, stream.caption_cnn_variables, nets.init_caption_cnn, kc, "caption_cnn"
+        )
+        rnn = _file_or_fresh(
+            w.caption_rnn, stream.caption_rnn_variables, nets.init_caption_rnn, kr, "caption_rnn"
+        )
         params = {"cnn": cnn["params"], "rnn": rnn["params"]}
         states["stream"] = pretrain_stream.StreamState(
             step=step0,
@@ -127,10 +115,11 @@ def import_all(config, workdir: str) -> dict:
         )
     if w.generator:
         hyper = train_gan.GanHyper.from_config(config)
-        g = _convert(
+        g = _file_or_fresh(
             w.generator,
             lambda sd: gan.generator_variables(sd, len(nets.image_sizes)),
-            nets.init_generator(rng, abstract=True),
+            nets.init_generator,
+            rng,
             "generator",
         )
         d_files = [f.strip() for f in w.discriminators.split(",") if f.strip()]
@@ -139,19 +128,16 @@ def import_all(config, workdir: str) -> dict:
                 f"config.weights.discriminators lists {len(d_files)} files but the model has "
                 f"{len(nets.image_sizes)} stages ({nets.image_sizes}); give one per stage"
             )
-        ds = []
-        for i, key in enumerate(jax.random.split(rng, len(nets.image_sizes))):
-            if d_files:
-                ds.append(
-                    _convert(
-                        d_files[i],
-                        lambda sd, s=nets.image_sizes[i]: gan.discriminator_variables(sd, s),
-                        nets.init_discriminator(i, rng, abstract=True),
-                        "discriminator",
-                    )
-                )
-            else:
-                ds.append(nets.init_discriminator(i, key))
+        ds = [
+            _file_or_fresh(
+                d_files[i] if d_files else "",
+                lambda sd, s=nets.image_sizes[i]: gan.discriminator_variables(sd, s),
+                lambda k, abstract=False, i=i: nets.init_discriminator(i, k, abstract=abstract),
+                key,
+                "discriminator",
+            )
+            for i, key in enumerate(jax.random.split(rng, len(nets.image_sizes)))
+        ]
         d_params = tuple(d["params"] for d in ds)
         d_init = jax.jit(hyper.d_tx().init)
         states["gan"] = train_gan.GanState(
