@@ -39,7 +39,9 @@ bench() {  # config dtype batch what memory_fraction [extra flags]
     --config.train.batch_size="$batch" "$@" 2>&1 | sed -u "s/^/[$dtype $batch] /" \
     | tee -a "$LOG" | grep --line-buffered '^\[[a-z0-9 ]*\] {' | sed -u 's/^\[[^]]*\] //' \
     >>"$OUT/results.jsonl"
-  echo "=== $(date +%T) end $cfg $dtype batch $batch $what rc ${PIPESTATUS[0]}" >>"$LOG"
+  local rc=${PIPESTATUS[0]}
+  echo "=== $(date +%T) end $cfg $dtype batch $batch $what rc $rc" >>"$LOG"
+  return "$rc"
 }
 # A tiny run first: a library or driver problem shows here in seconds, not after a CUB compile.
 if [ "${SMOKE:-1}" = 1 ]; then
