@@ -28,7 +28,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     d.vocab_size = 0  # sentencepiece vocabulary size (0 -> sized from the corpus)
     d.shuffle_buffer = 2048
     d.prefetch = 2
-    d.random_crop = True  # official 76/64 rescale + random crop + flip (also at test time)
+    d.random_crop = True  # official 76/64 rescale + random crop + flip (training batches only)
     d.shapes = ml_collections.ConfigDict(
         dict(num_train=20000, num_test=2000, num_test_novel=1000, image_size=64, seed=1234)
     )

@@ -20,6 +20,12 @@ def get_config(arg: str = ""):
     c.data.captions_per_image = 10
     c.data.words_num = 18
     c.data.shapes.image_size = 64
+    # No 76/64 crop and no flip: a flip contradicts every "left"/"right" in the captions and a
+    # crop can cut objects at the border, while evaluation and the attribute classifier see whole,
+    # unflipped renders. One GAN run each (1,700 steps, seed 0, the same STEM/STREAM), `test`,
+    # without / with: domain FID 641 / 756, layout 0.627 / 0.595, R-precision 0.188 / 0.181,
+    # colour 0.413 / 0.454.
+    c.data.random_crop = False
 
     m = c.model
     m.word_embedding_dim = 64
