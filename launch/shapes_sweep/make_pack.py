@@ -1,0 +1,61 @@
+"""Builds the pack a GPU shapes sweep reads (run here, with the repo's venv; needs a workdir that
+has finished pretrain_damsm, pretrain_stream and eval, e.g. the one `make run` leaves).
+
+  python launch/shapes_sweep/make_pack.py WORKDIR PACK_DIR [N_TRAIN [N_TEST]]
+
+PACK_DIR gets: pack.npz (train captions tokenised [N, 10, T], test tokens/lengths/attributes),
+frozen.msgpack (STEM + STREAM variables), shapes_classifier.npz, meta.json. No images: the
+device renders them (render_images.py), so the pack stays a few MB.
+"""
+
+import json
+import os
+import shutil
+import sys
+
+import flax
+import jax
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+from configs import shapes as shapes_cfg  # noqa: E402
+from mirrorgan_jax import parallel, pipeline, stages  # noqa: E402
+from mirrorgan_jax.data import shapes  # noqa: E402
+
+
+def main(workdir: str, out: str, n_train: int = 20000, n_test: int = 1000) -> None:
+    config = shapes_cfg.get_config()
+    with open(os.path.join(workdir, "config.json")) as f:
+        config.data.data_dir = json.load(f)["data"]["data_dir"] or os.path.join(workdir, "data")
+    nets, tok = pipeline.networks(config, workdir)
+    seed, words = config.data.shapes.seed, config.data.words_num
+    tokens = np.zeros((n_train, 10, words), np.int16)
+    lengths = np.zeros((n_train, 10), np.int8)
+    for i in range(n_train):
+        captions = shapes.render_example(i, "train", seed, 8)["captions"]
+        tokens[i], lengths[i] = tok.encode_batch(captions, words, None, long_caption="truncate")
+    test_tokens = np.zeros((n_test, words), np.int32)
+    test_lengths = np.zeros((n_test,), np.int32)
+    attributes = []
+    for i in range(n_test):  # caption i % 10 of test example i, as the eval's first pass would
+        ex = shapes.render_example(i, "test", seed, 8)
+        t, n = tok.encode_batch([ex["captions"][i % 10]], words, None, long_caption="truncate")
+        test_tokens[i], test_lengths[i] = t[0], n[0]
+        attributes.append(ex["attributes"])
+    os.makedirs(out, exist_ok=True)
+    frozen = stages.load_frozen(config, workdir, nets, parallel.make_mesh())
+    state = jax.tree.map(np.asarray, flax.serialization.to_state_dict(frozen))
+    with open(os.path.join(out, "frozen.msgpack"), "wb") as f:
+        f.write(flax.serialization.msgpack_serialize(state))
+    np.savez_compressed(
+        os.path.join(out, "pack.npz"), tokens=tokens, lengths=lengths, test_tokens=test_tokens,
+        test_lengths=test_lengths, test_attributes=np.stack(attributes),
+    )  # fmt: skip
+    shutil.copy(os.path.join(workdir, "eval", "shapes_classifier.npz"), out)
+    with open(os.path.join(out, "meta.json"), "w") as f:
+        json.dump({"n_words": tok.vocab_size, "data_seed": seed, "n_train": n_train}, f)
+    print(f"pack written to {out}: {n_train} train captions sets, {n_test} test captions")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], *(int(a) for a in sys.argv[3:5]))
