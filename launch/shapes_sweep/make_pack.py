@@ -31,17 +31,15 @@ def main(workdir: str, out: str, n_train: int = 20000, n_test: int = 1000) -> No
     seed, words = config.data.shapes.seed, config.data.words_num
     tokens = np.zeros((n_train, 10, words), np.int16)
     lengths = np.zeros((n_train, 10), np.int8)
-    for i in range(n_train):
-        captions = shapes.render_example(i, "train", seed, 8)["captions"]
+    for i, captions in enumerate(shapes.split_captions("train", n_train, seed)):
         tokens[i], lengths[i] = tok.encode_batch(captions, words, None, long_caption="truncate")
     test_tokens = np.zeros((n_test, words), np.int32)
     test_lengths = np.zeros((n_test,), np.int32)
-    attributes = []
-    for i in range(n_test):  # caption i % 10 of test example i, as the eval's first pass would
-        ex = shapes.render_example(i, "test", seed, 8)
-        t, n = tok.encode_batch([ex["captions"][i % 10]], words, None, long_caption="truncate")
+    for i, captions in enumerate(shapes.split_captions("test", n_test, seed)):
+        # caption i % 10 of test example i
+        t, n = tok.encode_batch([captions[i % 10]], words, None, long_caption="truncate")
         test_tokens[i], test_lengths[i] = t[0], n[0]
-        attributes.append(ex["attributes"])
+    attributes = [shapes.sample_scene(i, "test", seed).attributes() for i in range(n_test)]
     os.makedirs(out, exist_ok=True)
     frozen = stages.load_frozen(config, workdir, nets, parallel.make_mesh())
     state = jax.tree.map(np.asarray, flax.serialization.to_state_dict(frozen))

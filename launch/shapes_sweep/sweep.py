@@ -36,13 +36,8 @@ EVAL_AT = {500, 1000, 1700, 2500, 3400, 5000, 7000, 10000, 13000, 16000, 20000, 
 
 def _config(overrides):
     config = shapes_cfg.get_config()
-    for item in overrides:
-        key, value = item.split("=", 1)
-        node = config
-        *path, last = key.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = ast.literal_eval(value)
+    pairs = (item.split("=", 1) for item in overrides)
+    config.update_from_flattened_dict({k: ast.literal_eval(v) for k, v in pairs})
     return config
 
 
