@@ -26,7 +26,7 @@ from mirrorgan_jax.data import shapes  # noqa: E402
 def main(workdir: str, out: str, n_train: int = 20000, n_test: int = 1000) -> None:
     config = shapes_cfg.get_config()
     with open(os.path.join(workdir, "config.json")) as f:
-        config.data.data_dir = json.load(f)["data"]["data_dir"] or os.path.join(workdir, "data")
+        config.data.data_dir = json.load(f)["data"]["data_dir"]  # "" -> W/data (pipeline.data_dir)
     nets, tok = pipeline.networks(config, workdir)
     seed, words = config.data.shapes.seed, config.data.words_num
     tokens = np.zeros((n_train, 10, words), np.int16)
