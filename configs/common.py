@@ -65,6 +65,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     dm.lr_decay = 0.98  # per epoch while lr > lr_min
     dm.lr_min = 0.0002
     dm.grad_clip = 0.25
+    dm.freeze_trunk = False  # True: the image encoder's trunk is never updated (official, ImageNet)
     dm.gamma1 = 4.0
     dm.gamma2 = 5.0
     dm.gamma3 = 10.0
@@ -81,6 +82,14 @@ def get_base_config() -> ml_collections.ConfigDict:
     st.backbone_weights = ""  # ImageNet ResNet weights (.npz / .pth)
     st.checkpoint_every = 1000
     st.log_every = 100
+
+    # ---- backbone pretraining on rendered attributes (`shapes` only; pretrain_backbone.py) ----
+    bp = c.backbone_pretrain = ml_collections.ConfigDict()
+    bp.steps = 0  # >0: the DAMSM trunk and the STREAM backbone start from attribute classifiers
+    bp.num_images = 5000  # the first N `train` scenes, rendered in memory
+    bp.num_test_images = 500  # `test` scenes the report's accuracy is measured on
+    bp.batch_size = 32
+    bp.lr = 2e-3
 
     # ---- MirrorGAN training (SPEC 8, 9) ----
     t = c.train = ml_collections.ConfigDict()

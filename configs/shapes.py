@@ -39,6 +39,11 @@ def get_config(arg: str = ""):
     m.damsm_backbone = "tiny"
     m.damsm_image_size = 64
 
+    # Backbones trained from scratch by the DAMSM and captioning losses (the default here), or
+    # first trained as attribute classifiers on `train` renders and then frozen, as the official
+    # ImageNet backbones are: `--config.backbone_pretrain.steps=1200 --config.damsm.freeze_trunk=
+    # True --config.stream.freeze_backbone=True` (README, "What the shapes runs show").
+    c.backbone_pretrain.update(num_images=5000, batch_size=32, lr=3e-3)
     c.damsm.batch_size, c.damsm.steps, c.damsm.checkpoint_every = 32, 800, 400
     # A captioner pretrained 2,400 steps reads the image (0.34 nats/token of its cross-entropy
     # depend on it; 0.05 after 800 steps), so the redescription loss carries a signal; with
@@ -66,6 +71,9 @@ def get_config(arg: str = ""):
         m.stream_embed_size, m.stream_hidden_size = 8, 8
         c.damsm.batch_size = c.stream.batch_size = c.train.batch_size = 8
         c.damsm.steps = c.stream.steps = c.train.steps = 4
+        # the attribute-pretrained, frozen backbones, so that the end-to-end tests cover them
+        c.backbone_pretrain.update(steps=2, num_images=16, num_test_images=8, batch_size=4)
+        c.damsm.freeze_trunk = c.stream.freeze_backbone = True
         c.damsm.checkpoint_every = c.stream.checkpoint_every = c.train.checkpoint_every = 2
         c.train.log_every, c.train.image_every = 2, 4
         c.eval.num_images, c.eval.batch_size, c.eval.classifier_steps = 16, 8, 4

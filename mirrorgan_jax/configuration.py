@@ -82,6 +82,24 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f"config.train.ema_decay={config.train.ema_decay}: expected 0 < decay < 1"
         )
+    bp = config.backbone_pretrain
+    if bp.steps < 0 or (bp.steps and (bp.num_images < 1 or bp.num_test_images < 1)):
+        raise ConfigError(
+            f"config.backbone_pretrain: steps={bp.steps}, num_images={bp.num_images}, "
+            f"num_test_images={bp.num_test_images}: expected steps >= 0 and, when steps > 0, "
+            "at least one train and one test image"
+        )
+    if bp.steps and config.data.name != "shapes":
+        raise ConfigError(
+            f"config.backbone_pretrain.steps={bp.steps} needs attribute labels, which only the "
+            f"'shapes' data set has (config.data.name={config.data.name!r}); real data sets "
+            "start from imported ImageNet weights instead (stream.backbone_weights)"
+        )
+    if bp.steps and bp.num_images > config.data.shapes.num_train:
+        raise ConfigError(
+            f"config.backbone_pretrain.num_images={bp.num_images}: expected at most "
+            f"data.shapes.num_train={config.data.shapes.num_train} (it uses the train split)"
+        )
     if config.train.lambda1 < 0:
         raise ConfigError(f"config.train.lambda1={config.train.lambda1}: expected >= 0")
 

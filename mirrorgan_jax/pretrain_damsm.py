@@ -44,8 +44,20 @@ def lr_schedule(lr: float, decay: float, lr_min: float, steps_per_epoch: int):
 
 
 def make_tx(config, steps_per_epoch: int):
+    """Adam on everything, or, with `damsm.freeze_trunk` (the official recipe: a pretrained
+    Inception-v3 that is never updated), on everything but the image encoder's trunk."""
     d = config.damsm
-    return optax.adam(lr_schedule(d.lr, d.lr_decay, d.lr_min, steps_per_epoch), b1=0.5, b2=0.999)
+    tx = optax.adam(lr_schedule(d.lr, d.lr_decay, d.lr_min, steps_per_epoch), b1=0.5, b2=0.999)
+    if not d.freeze_trunk:
+        return tx
+
+    def labels(params):
+        return {
+            "text": jax.tree.map(lambda _: "train", params["text"]),
+            "image": {k: ("frozen" if k == "trunk" else "train") for k in params["image"]},
+        }
+
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 
 
 def init_state(nets: Networks, tx, rng, abstract: bool = False) -> DamsmState:
@@ -92,11 +104,19 @@ def damsm_losses(nets: Networks, params, batch_stats, batch, rng, gammas, train:
     return total, (metrics, upd.get("batch_stats", batch_stats))
 
 
-def train_step(state: DamsmState, batch, rng, *, nets: Networks, tx, gammas, grad_clip: float):
+def train_step(
+    state: DamsmState, batch, rng, *, nets: Networks, tx, gammas, grad_clip: float,
+    freeze_trunk: bool = False,
+):  # fmt: skip
     """One DAMSM step; the text encoder's gradient norm is clipped as the official code does."""
-    (_, (metrics, stats)), grads = jax.value_and_grad(
-        lambda p: damsm_losses(nets, p, state.batch_stats, batch, rng, gammas, True), has_aux=True
-    )(state.params)
+
+    def loss_fn(params):
+        if freeze_trunk:  # no backward pass through the trunk (its update is zero anyway)
+            image = {**params["image"], "trunk": jax.lax.stop_gradient(params["image"]["trunk"])}
+            params = {**params, "image": image}
+        return damsm_losses(nets, params, state.batch_stats, batch, rng, gammas, True)
+
+    (_, (metrics, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     text_norm = optax.tree.norm(grads["text"])
     scale = jnp.minimum(1.0, grad_clip / (text_norm + 1e-6))
     grads = {**grads, "text": jax.tree.map(lambda g: g * scale, grads["text"])}
@@ -110,7 +130,12 @@ def train_step(state: DamsmState, batch, rng, *, nets: Networks, tx, gammas, gra
 def make_train_step(nets: Networks, config, tx):
     d = config.damsm
     step = functools.partial(
-        train_step, nets=nets, tx=tx, gammas=(d.gamma1, d.gamma2, d.gamma3), grad_clip=d.grad_clip
+        train_step,
+        nets=nets,
+        tx=tx,
+        gammas=(d.gamma1, d.gamma2, d.gamma3),
+        grad_clip=d.grad_clip,
+        freeze_trunk=d.freeze_trunk,
     )
     return jax.jit(step, donate_argnums=(0,))
 

@@ -70,10 +70,13 @@ def caption_logits(nets: Networks, params, batch_stats, images, tokens, lengths,
     return logits.astype(jnp.float32), upd.get("batch_stats", batch_stats)
 
 
-def train_step(state: StreamState, batch, rng, *, nets: Networks, tx):
+def train_step(state: StreamState, batch, rng, *, nets: Networks, tx, freeze_backbone=False):
     del rng  # the captioner has no stochastic layers
 
     def loss_fn(params):
+        if freeze_backbone:  # no backward pass through the backbone (its update is zero anyway)
+            cnn = {**params["cnn"], "resnet": jax.lax.stop_gradient(params["cnn"]["resnet"])}
+            params = {**params, "cnn": cnn}
         logits, stats = caption_logits(
             nets,
             params,
@@ -105,8 +108,9 @@ def token_accuracy(logits, tokens, lengths):
     return jnp.sum(hit) / jnp.maximum(jnp.sum(valid), 1)
 
 
-def make_train_step(nets: Networks, tx):
-    return jax.jit(functools.partial(train_step, nets=nets, tx=tx), donate_argnums=(0,))
+def make_train_step(nets: Networks, tx, freeze_backbone: bool = False):
+    step = functools.partial(train_step, nets=nets, tx=tx, freeze_backbone=freeze_backbone)
+    return jax.jit(step, donate_argnums=(0,))
 
 
 def evaluate(nets: Networks, params, batch_stats, batches) -> dict:

@@ -6,6 +6,7 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -15,6 +16,7 @@ from mirrorgan_jax import (
     loop,
     parallel,
     pipeline,
+    pretrain_backbone,
     pretrain_damsm,
     pretrain_stream,
     train_gan,
@@ -54,6 +56,27 @@ def _evaluate_once(path: str, step: int, evaluate) -> dict:
     return report
 
 
+def _pretrain_backbone(config, workdir: str, stage: str, nets, features, variables) -> dict:
+    """`pretrain_backbone.pretrain` on `train` renders at the last stage's size; the report
+    goes to W/<stage>/backbone_pretrain.json. Runs only when the stage starts from scratch."""
+    from mirrorgan_jax.evaluation import shapes_metrics
+
+    bp, size, seed = config.backbone_pretrain, nets.image_sizes[-1], config.data.shapes.seed
+    variables, report = pretrain_backbone.pretrain(
+        features,
+        variables,
+        shapes_metrics.render_dataset("train", bp.num_images, seed, size),
+        shapes_metrics.render_dataset("test", bp.num_test_images, seed, size),
+        steps=bp.steps,
+        batch_size=bp.batch_size,
+        lr=bp.lr,
+        seed=config.seed + (0 if stage == "damsm" else 1),
+    )
+    _write_json(os.path.join(workdir, stage, "backbone_pretrain.json"), report)
+    logging.info("%s backbone pretrained on attributes: %s", stage, report)
+    return variables
+
+
 def _steps_per_epoch(config, workdir, batch_size) -> int:
     return max(1, pipeline.num_train_examples(config, workdir) // batch_size)
 
@@ -73,6 +96,26 @@ def run_damsm(config, workdir: str):
         state = pretrain_damsm.init_state(nets, tx, jax.random.fold_in(rng, 1))
         logging.info(parameter_overview("text encoder", state.params["text"]))
         logging.info(parameter_overview("image encoder", state.params["image"]))
+        if config.backbone_pretrain.steps:
+
+            def features(variables, images, train):
+                (_, global_map), upd = nets.image_encoder.apply(
+                    variables, images, train, method="trunk_features", mutable=["batch_stats"]
+                )
+                return jnp.mean(global_map.astype(jnp.float32), axis=(1, 2)), upd["batch_stats"]
+
+            image = _pretrain_backbone(
+                config,
+                workdir,
+                "damsm",
+                nets,
+                features,
+                {"params": state.params["image"], "batch_stats": state.batch_stats},
+            )
+            state = state.replace(
+                params={**state.params, "image": image["params"]},
+                batch_stats=image["batch_stats"],
+            )
         return _place(mesh, state)
 
     abstract = _abstract(mesh, pretrain_damsm.init_state(nets, tx, rng, abstract=True))
@@ -113,6 +156,29 @@ def run_stream(config, workdir: str):
         state = pretrain_stream.init_state(nets, tx, jax.random.fold_in(rng, 1))
         if config.stream.backbone_weights:
             state = _load_stream_backbone(config, nets, state)
+        elif config.backbone_pretrain.steps:
+
+            def features(variables, images, train):
+                pooled, upd = nets.caption_cnn.apply(
+                    variables,
+                    images,
+                    train=train,
+                    method="backbone_features",
+                    mutable=["batch_stats"],
+                )
+                return pooled, upd["batch_stats"]
+
+            cnn = _pretrain_backbone(
+                config,
+                workdir,
+                "stream",
+                nets,
+                features,
+                {"params": state.params["cnn"], "batch_stats": state.batch_stats},
+            )
+            state = state.replace(
+                params={**state.params, "cnn": cnn["params"]}, batch_stats=cnn["batch_stats"]
+            )
         return _place(mesh, state)
 
     abstract = _abstract(mesh, pretrain_stream.init_state(nets, tx, rng, abstract=True))
@@ -120,7 +186,7 @@ def run_stream(config, workdir: str):
         spec,
         init,
         abstract,
-        pretrain_stream.make_train_step(nets, tx),
+        pretrain_stream.make_train_step(nets, tx, config.stream.freeze_backbone),
         pipeline.train_batches(
             config, workdir, tok, config.stream.batch_size, mesh, config.seed + 1
         ),

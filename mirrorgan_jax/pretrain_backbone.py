@@ -1,0 +1,136 @@
+"""Backbone pretraining on rendered attributes (`shapes` only): this data set's stand-in for the
+ImageNet weights that the official DAMSM image encoder (Inception-v3) and STREAM encoder
+(ResNet-152) start from and keep frozen (SPEC sections 2 and 6).
+
+Trained from scratch by their own losses, the small `shapes` backbones take a shortcut: colour,
+size and position already tell a caption from the others in a batch, so neither the DAMSM losses
+nor the captioner's cross-entropy made them read shape (README, "What the shapes runs show").
+The STEM trained against such an image encoder lost shape too, and the generator then had no
+signal that asked for it.
+
+Here a backbone is first trained as an attribute classifier: one MLP head per attribute field
+(`shapes_metrics.HEAD_SIZES`) on its pooled features (the vector its stage's own head reads),
+`shapes_metrics.classifier_loss` on canonical attributes, images of the data set's `train` split
+rendered in memory at the stage's resolution. The heads are thrown away; the stage then starts
+from the pretrained backbone and keeps it frozen (`damsm.freeze_trunk`, `stream.freeze_backbone`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mirrorgan_jax.data.schema import ATTRIBUTE_FIELDS
+from mirrorgan_jax.evaluation import shapes_metrics
+
+# (variables, images [B,S,S,3] in [-1,1], train) -> (pooled features [B, C], new batch_stats)
+FeaturesFn = Callable[[Any, jax.Array, bool], tuple[jax.Array, Any]]
+
+
+class AttributeHeads(nn.Module):
+    """features [B, C] -> logits per attribute field (a shared ReLU layer, then one Dense each)."""
+
+    hidden: int = 256
+
+    @nn.compact
+    def __call__(self, features: jax.Array) -> tuple[jax.Array, ...]:
+        h = nn.relu(nn.Dense(self.hidden, name="hidden")(features))  # [B, hidden]
+        return tuple(
+            nn.Dense(n, name=f"head_{f}")(h)
+            for f, n in zip(ATTRIBUTE_FIELDS, shapes_metrics.HEAD_SIZES, strict=True)
+        )
+
+
+def pretrain(
+    features_fn: FeaturesFn,
+    variables: dict,
+    train_data: tuple[np.ndarray, np.ndarray],
+    test_data: tuple[np.ndarray, np.ndarray],
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+) -> tuple[dict, dict]:
+    """Trains `variables` ({"params", "batch_stats"}) through `features_fn` + `AttributeHeads`.
+
+    train_data / test_data: (uint8 images [N, S, S, 3], canonical attributes int [N, A]), as
+    `shapes_metrics.render_dataset` gives. Adam with cosine decay; batches drawn uniformly with
+    replacement (numpy seed `seed`). Parameters that `features_fn` does not use get zero
+    gradients and stay exactly as they were.
+
+    Returns (variables, report): report has `test` (per-field accuracy of the heads on
+    test_data, eval-mode statistics), `final_loss`, `steps`, `seconds`.
+    """
+    if steps < 1 or batch_size < 1:
+        raise ValueError(
+            f"backbone_pretrain: steps and batch_size must be >= 1, got {steps}, {batch_size}"
+        )
+    train_x, train_y = train_data
+    heads = AttributeHeads()
+    params = {
+        "backbone": variables["params"],
+        "heads": heads.init(
+            jax.random.key(seed),
+            features_fn(variables, jnp.asarray(_to_input(train_x[:2])), False)[0],
+        )["params"],
+    }
+    tx = optax.adam(optax.cosine_decay_schedule(lr, steps, alpha=0.01))
+    opt_state = tx.init(params)
+    stats = variables.get("batch_stats", {})
+
+    @jax.jit
+    def step(params, stats, opt_state, images_u8, targets):
+        def loss_fn(p):
+            feats, new_stats = features_fn(
+                {"params": p["backbone"], "batch_stats": stats}, _to_input(images_u8), True
+            )
+            logits = heads.apply({"params": p["heads"]}, feats)
+            loss, _ = shapes_metrics.classifier_loss(logits, targets)
+            return loss, new_stats
+
+        (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), new_stats, opt_state, loss
+
+    rng = np.random.default_rng(seed)
+    t0 = time.perf_counter()
+    loss = jnp.zeros(())
+    for _ in range(steps):
+        idx = rng.integers(0, train_x.shape[0], batch_size)
+        params, stats, opt_state, loss = step(params, stats, opt_state, train_x[idx], train_y[idx])
+    seconds = time.perf_counter() - t0
+    out = {"params": params["backbone"], "batch_stats": stats}
+
+    @jax.jit
+    def predict(images_u8):
+        feats, _ = features_fn(out, _to_input(images_u8), False)
+        logits = heads.apply({"params": params["heads"]}, feats)
+        return jnp.stack([jnp.argmax(lg, -1) for lg in logits], axis=1)
+
+    test_x, test_y = test_data
+    preds = np.concatenate(
+        [np.asarray(predict(test_x[i : i + 100])) for i in range(0, len(test_x), 100)]
+    )
+    accuracy = shapes_metrics.attribute_accuracy(preds.astype(np.int64), test_y)
+    report = {
+        "test": {
+            k: v
+            for k, v in accuracy.items()
+            if k.startswith("field/") or k in ("shape", "colour", "size", "layout")
+        },
+        "final_loss": float(loss),
+        "steps": steps,
+        "seconds": round(seconds, 1),
+    }
+    return out, report
+
+
+def _to_input(images_u8):
+    return jnp.asarray(images_u8).astype(jnp.float32) / 127.5 - 1.0

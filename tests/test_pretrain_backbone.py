@@ -1,0 +1,104 @@
+"""Backbone pretraining on rendered attributes, and the optimisers that keep a backbone frozen."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import cub, shapes
+from mirrorgan_jax import configuration, pretrain_backbone, pretrain_damsm, pretrain_stream
+from mirrorgan_jax.evaluation import shapes_metrics as sm
+
+
+class _TinyNet(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool):
+        x = nn.Conv(16, (3, 3), strides=2)(x)  # [B, 16, 16, 16]
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+        return jnp.mean(nn.relu(x), axis=(1, 2))  # [B, 16]
+
+
+def _features(variables, images, train):
+    net = {"params": variables["params"]["net"], "batch_stats": variables["batch_stats"]}
+    pooled, upd = _TinyNet().apply(net, images, train, mutable=["batch_stats"])
+    return pooled, upd["batch_stats"]
+
+
+@pytest.fixture(scope="module")
+def pretrained():
+    net = _TinyNet().init(jax.random.key(0), jnp.zeros((2, 32, 32, 3)), False)
+    variables = {
+        "params": {"net": net["params"], "unused": jnp.arange(3.0)},
+        "batch_stats": net["batch_stats"],
+    }
+    train = sm.render_dataset("train", 512, 0, 32)
+    test = sm.render_dataset("test", 128, 0, 32)
+    out, report = pretrain_backbone.pretrain(
+        _features, variables, train, test, steps=150, batch_size=32, lr=1e-2, seed=0
+    )
+    return variables, out, report
+
+
+def test_pretraining_learns_attributes(pretrained):
+    _, _, report = pretrained
+    assert report["test"]["field/colour0"] > 0.4  # chance 1/7; 0.60 when written
+    assert report["steps"] == 150 and np.isfinite(report["final_loss"])
+
+
+def test_pretraining_updates_only_what_the_features_use(pretrained):
+    before, after, _ = pretrained
+    np.testing.assert_array_equal(after["params"]["unused"], before["params"]["unused"])
+    kernel0 = before["params"]["net"]["Conv_0"]["kernel"]
+    assert not np.allclose(after["params"]["net"]["Conv_0"]["kernel"], kernel0)
+    mean0 = before["batch_stats"]["BatchNorm_0"]["mean"]
+    assert not np.allclose(after["batch_stats"]["BatchNorm_0"]["mean"], mean0)
+    assert jax.tree.structure(after) == jax.tree.structure(before)
+
+
+def _updates(tx, params):
+    grads = jax.tree.map(jnp.ones_like, params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    return updates
+
+
+def test_damsm_freeze_trunk_leaves_the_trunk_alone():
+    config = shapes.get_config("test")
+    params = {
+        "text": {"lstm": jnp.ones(3)},
+        "image": {"trunk": {"conv1": jnp.ones(4)}, "emb_cnn_code": {"kernel": jnp.ones(2)}},
+    }
+    for freeze in (False, True):
+        config.damsm.freeze_trunk = freeze
+        up = _updates(pretrain_damsm.make_tx(config, steps_per_epoch=10), params)
+        assert np.all(np.asarray(up["image"]["trunk"]["conv1"]) == 0) == freeze
+        assert np.all(np.asarray(up["image"]["emb_cnn_code"]["kernel"]) != 0)
+        assert np.all(np.asarray(up["text"]["lstm"]) != 0)
+
+
+def test_stream_freeze_backbone_leaves_the_backbone_alone():
+    config = shapes.get_config("test")
+    params = {
+        "cnn": {"resnet": {"conv1": jnp.ones(4)}, "linear": {"kernel": jnp.ones(2)}},
+        "rnn": {"lstm": jnp.ones(3)},
+    }
+    for freeze in (False, True):
+        config.stream.freeze_backbone = freeze
+        up = _updates(pretrain_stream.make_tx(config), params)
+        assert np.all(np.asarray(up["cnn"]["resnet"]["conv1"]) == 0) == freeze
+        assert np.all(np.asarray(up["cnn"]["linear"]["kernel"]) != 0)
+        assert np.all(np.asarray(up["rnn"]["lstm"]) != 0)
+
+
+def test_config_checks():
+    config = cub.get_config()
+    config.backbone_pretrain.steps = 10
+    with pytest.raises(configuration.ConfigError, match="only the 'shapes' data set"):
+        configuration.validate(config)
+    config = shapes.get_config("test")
+    config.backbone_pretrain.num_images = config.data.shapes.num_train + 1
+    with pytest.raises(configuration.ConfigError, match="num_images"):
+        configuration.validate(config)
+    config.backbone_pretrain.update(num_images=4, steps=-1)
+    with pytest.raises(configuration.ConfigError, match="steps=-1"):
+        configuration.validate(config)
