@@ -27,7 +27,7 @@ lint: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check mirrorgan_jax configs tests launch
-	$(PY) -m pytest -n 2 --dist loadfile --durations=15 tests
+	$(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=15 tests
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

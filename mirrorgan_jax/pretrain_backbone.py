@@ -74,12 +74,12 @@ def pretrain(
         )
     train_x, train_y = train_data
     heads = AttributeHeads()
+    feats = jax.eval_shape(  # the pooled features' shape, without running the backbone
+        lambda v, x: features_fn(v, x, False)[0], variables, _to_input(train_x[:2])
+    )
     params = {
         "backbone": variables["params"],
-        "heads": heads.init(
-            jax.random.key(seed),
-            features_fn(variables, jnp.asarray(_to_input(train_x[:2])), False)[0],
-        )["params"],
+        "heads": jax.jit(heads.init)(jax.random.key(seed), jnp.zeros(feats.shape))["params"],
     }
     tx = optax.adam(optax.cosine_decay_schedule(lr, steps, alpha=0.01))
     opt_state = tx.init(params)
