@@ -103,6 +103,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     t.ema_decay = 0.999
     t.ema_warmup = False  # True: decay min(ema_decay, (1+t)/(10+t)) for short runs
     t.lambda1 = 10.0  # STREAM weight (TRAIN.SMOOTH.LAMBDA1)
+    t.r1_gamma = 0.0  # >0: R1 penalty in each D loss (not in the official code)
     t.checkpoint_every = 2000
     t.keep_checkpoints = 3
     t.log_every = 100

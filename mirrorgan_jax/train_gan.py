@@ -56,6 +56,7 @@ class GanHyper:
     ema_decay: float = 0.999
     lambda1: float = 10.0
     ema_warmup: bool = False
+    r1_gamma: float = 0.0  # not official: R1 penalty on the real logits' input gradient
 
     def ema_decay_at(self, step):
         """EMA decay for the update after `step` updates: the official constant, or with
@@ -75,7 +76,9 @@ class GanHyper:
     @classmethod
     def from_config(cls, config) -> "GanHyper":
         t = config.train
-        return cls(t.lr_g, t.lr_d, t.beta1, t.beta2, t.ema_decay, t.lambda1, t.ema_warmup)
+        return cls(
+            t.lr_g, t.lr_d, t.beta1, t.beta2, t.ema_decay, t.lambda1, t.ema_warmup, t.r1_gamma
+        )
 
 
 def init_gan_state(nets: Networks, hyper: GanHyper, rng, abstract: bool = False) -> GanState:
@@ -126,9 +129,26 @@ def _merge_stats(old, new):
     return out
 
 
-def discriminator_loss_fn(d: Discriminator, params, stats, real, fake, sent):
+def r1_penalty(d: Discriminator, params, stats, real, sent):
+    """R1 (Mescheder et al. 2018; not in the official code): the mean over the batch of
+    ||d(uncond + cond real logit)/d image||^2 / 2, through a train-mode D (its BN statistics
+    updates are dropped). Scalar."""
+
+    def logits_sum(x):
+        f, s = _d_apply(d, params, stats, Discriminator.__call__, x)
+        uncond, s = _d_apply(d, params, s, Discriminator.uncond_logits, f)
+        cond, _ = _d_apply(d, params, s, Discriminator.cond_logits, f, sent)
+        return jnp.sum(uncond) + jnp.sum(cond)
+
+    grad = jax.grad(logits_sum)(real)  # [B, H, W, 3]
+    return 0.5 * jnp.mean(jnp.sum(jnp.square(grad), axis=(1, 2, 3)))
+
+
+def discriminator_loss_fn(d: Discriminator, params, stats, real, fake, sent, r1_gamma=0.0):
     """Official discriminator_loss: separate train-mode forwards for real and fake; the
-    'wrong' pair is the cond head on real features[0:B-1] with sent[1:B] (SPEC 8)."""
+    'wrong' pair is the cond head on real features[0:B-1] with sent[1:B] (SPEC 8). With
+    `r1_gamma` > 0, plus r1_gamma x `r1_penalty` (an option, not the official loss)."""
+    r1 = r1_penalty(d, params, stats, real, sent) if r1_gamma else jnp.zeros((), jnp.float32)
     f_real, stats = _d_apply(d, params, stats, Discriminator.__call__, real)
     f_fake, stats = _d_apply(d, params, stats, Discriminator.__call__, fake)
     cond_real, stats = _d_apply(d, params, stats, Discriminator.cond_logits, f_real, sent)
@@ -137,7 +157,7 @@ def discriminator_loss_fn(d: Discriminator, params, stats, real, fake, sent):
     uncond_real, stats = _d_apply(d, params, stats, Discriminator.uncond_logits, f_real)
     uncond_fake, stats = _d_apply(d, params, stats, Discriminator.uncond_logits, f_fake)
     loss = losses.discriminator_loss(uncond_real, cond_real, uncond_fake, cond_fake, cond_wrong)
-    return loss, stats
+    return loss + r1_gamma * r1, (stats, r1)
 
 
 def generator_adversarial(d: Discriminator, params, stats, fake, sent):
@@ -199,9 +219,9 @@ def train_step(
     d_params, d_stats, d_opts = [], [], []
     for i, d in enumerate(nets.discriminators):
         fake_i = jax.lax.stop_gradient(fakes[i])
-        (loss_d, stats), grads = jax.value_and_grad(
+        (loss_d, (stats, r1)), grads = jax.value_and_grad(
             lambda p, d=d, i=i, fake_i=fake_i: discriminator_loss_fn(
-                d, p, state.d_batch_stats[i], reals[i], fake_i, sent
+                d, p, state.d_batch_stats[i], reals[i], fake_i, sent, hyper.r1_gamma
             ),
             has_aux=True,
         )(state.d_params[i])
@@ -212,6 +232,8 @@ def train_step(
         size = nets.image_sizes[i]
         metrics[f"d{size}/loss"] = loss_d
         metrics[f"d{size}/grad_norm"] = optax.tree.norm(grads)
+        if hyper.r1_gamma:
+            metrics[f"d{size}/r1"] = r1
 
     def g_loss_fn(fakes, mu, logvar):
         total = 0.0
