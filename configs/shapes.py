@@ -71,9 +71,6 @@ def get_config(arg: str = ""):
         m.stream_embed_size, m.stream_hidden_size = 8, 8
         c.damsm.batch_size = c.stream.batch_size = c.train.batch_size = 8
         c.damsm.steps = c.stream.steps = c.train.steps = 4
-        # the attribute-pretrained, frozen backbones, so that the end-to-end tests cover them
-        c.backbone_pretrain.update(steps=2, num_images=16, num_test_images=8, batch_size=4)
-        c.damsm.freeze_trunk = c.stream.freeze_backbone = True
         c.damsm.checkpoint_every = c.stream.checkpoint_every = c.train.checkpoint_every = 2
         c.train.log_every, c.train.image_every = 2, 4
         c.eval.num_images, c.eval.batch_size, c.eval.classifier_steps = 16, 8, 4

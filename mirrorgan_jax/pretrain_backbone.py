@@ -47,6 +47,30 @@ class AttributeHeads(nn.Module):
         )
 
 
+def damsm_trunk_features(nets) -> FeaturesFn:
+    """The DAMSM image encoder's global map, mean-pooled (what its sentence-code head reads)."""
+
+    def features(variables, images, train):
+        (_, global_map), upd = nets.image_encoder.apply(
+            variables, images, train, method="trunk_features", mutable=["batch_stats"]
+        )
+        return jnp.mean(global_map.astype(jnp.float32), axis=(1, 2)), upd["batch_stats"]
+
+    return features
+
+
+def stream_backbone_features(nets) -> FeaturesFn:
+    """The caption CNN's pooled ResNet features (what its Linear+BN head reads)."""
+
+    def features(variables, images, train):
+        pooled, upd = nets.caption_cnn.apply(
+            variables, images, train=train, method="backbone_features", mutable=["batch_stats"]
+        )
+        return pooled, upd["batch_stats"]
+
+    return features
+
+
 def pretrain(
     features_fn: FeaturesFn,
     variables: dict,

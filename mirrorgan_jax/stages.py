@@ -6,7 +6,6 @@ import json
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -97,19 +96,12 @@ def run_damsm(config, workdir: str):
         logging.info(parameter_overview("text encoder", state.params["text"]))
         logging.info(parameter_overview("image encoder", state.params["image"]))
         if config.backbone_pretrain.steps:
-
-            def features(variables, images, train):
-                (_, global_map), upd = nets.image_encoder.apply(
-                    variables, images, train, method="trunk_features", mutable=["batch_stats"]
-                )
-                return jnp.mean(global_map.astype(jnp.float32), axis=(1, 2)), upd["batch_stats"]
-
             image = _pretrain_backbone(
                 config,
                 workdir,
                 "damsm",
                 nets,
-                features,
+                pretrain_backbone.damsm_trunk_features(nets),
                 {"params": state.params["image"], "batch_stats": state.batch_stats},
             )
             state = state.replace(
@@ -157,23 +149,12 @@ def run_stream(config, workdir: str):
         if config.stream.backbone_weights:
             state = _load_stream_backbone(config, nets, state)
         elif config.backbone_pretrain.steps:
-
-            def features(variables, images, train):
-                pooled, upd = nets.caption_cnn.apply(
-                    variables,
-                    images,
-                    train=train,
-                    method="backbone_features",
-                    mutable=["batch_stats"],
-                )
-                return pooled, upd["batch_stats"]
-
             cnn = _pretrain_backbone(
                 config,
                 workdir,
                 "stream",
                 nets,
-                features,
+                pretrain_backbone.stream_backbone_features(nets),
                 {"params": state.params["cnn"], "batch_stats": state.batch_stats},
             )
             state = state.replace(

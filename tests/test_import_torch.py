@@ -2,9 +2,11 @@
 the workdir layout -> restored networks reproduce the parity fixture outputs; and every
 ill-fitting file is refused before anything is written. Built from the fixture manifest."""
 
+import functools
 import os
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -96,18 +98,19 @@ def test_restored_networks_reproduce_the_fixtures(imported):
     assert step == 0
 
     te = load_fixture("text_encoder.npz")
-    _, sent = nets.text_encoder.apply(text_vars, te.inputs["captions"], te.inputs["cap_lens"])
+    _, sent = jax.jit(nets.text_encoder.apply)(
+        text_vars, te.inputs["captions"], te.inputs["cap_lens"]
+    )
     assert_close(sent, te.outputs["sent_emb"], "imported text encoder", 1e-5)
 
     g = load_fixture("generator.npz")
     i = g.inputs
-    out = nets.generator.apply(
+    out = jax.jit(functools.partial(nets.generator.apply, train=False))(
         {"params": g_params, "batch_stats": g_stats},
         i["z"],
         i["sent_emb"],
         np.transpose(i["words_emb"], (0, 2, 1)),
         i["mask"],
-        train=False,
         eps=i["eps"],
     )
     for s, image in enumerate(out.images):
@@ -116,7 +119,7 @@ def test_restored_networks_reproduce_the_fixtures(imported):
 
     frozen = stages.load_frozen(config, workdir, nets, mesh)
     st = load_fixture("stream.npz")
-    feats = nets.caption_cnn.apply(frozen.caption_cnn, nchw_to_nhwc(st.inputs["images"]))
+    feats = jax.jit(nets.caption_cnn.apply)(frozen.caption_cnn, nchw_to_nhwc(st.inputs["images"]))
     assert_close(feats, st.outputs["cnn_feature"], "imported caption CNN", 1e-5)
 
 

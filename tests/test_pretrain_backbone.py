@@ -9,6 +9,7 @@ import pytest
 from configs import cub, shapes
 from mirrorgan_jax import configuration, pretrain_backbone, pretrain_damsm, pretrain_stream
 from mirrorgan_jax.evaluation import shapes_metrics as sm
+from mirrorgan_jax.networks import Networks
 
 
 class _TinyNet(nn.Module):
@@ -56,6 +57,30 @@ def test_pretraining_updates_only_what_the_features_use(pretrained):
     assert jax.tree.structure(after) == jax.tree.structure(before)
 
 
+@pytest.mark.parametrize("stage", ["damsm", "stream"])
+def test_stage_features_keep_the_variable_layout(stage):
+    """The stages' features (traced only): pooled [B, C] float32, and BN statistics in the
+    structure they came in (a nested or missing collection would recompile every step)."""
+    nets = Networks.from_config(shapes.get_config("test"), n_words=30)
+    if stage == "damsm":
+        variables = nets.init_image_encoder(jax.random.key(0), abstract=True)
+        features = pretrain_backbone.damsm_trunk_features(nets)
+        width = nets.image_encoder.tiny_widths[-1]
+    else:
+        variables = nets.init_caption_cnn(jax.random.key(0), abstract=True)
+        features = pretrain_backbone.stream_backbone_features(nets)
+        width = 128  # resnet_tiny
+    size = nets.image_sizes[-1]
+    for train in (True, False):
+        pooled, stats = jax.eval_shape(
+            lambda v, x, train=train: features(v, x, train),
+            variables,
+            jax.ShapeDtypeStruct((3, size, size, 3), jnp.float32),
+        )
+        assert pooled.shape == (3, width) and pooled.dtype == jnp.float32
+        assert jax.tree.structure(stats) == jax.tree.structure(variables["batch_stats"])
+
+
 def _updates(tx, params):
     grads = jax.tree.map(jnp.ones_like, params)
     updates, _ = tx.update(grads, tx.init(params), params)
@@ -96,6 +121,7 @@ def test_config_checks():
     with pytest.raises(configuration.ConfigError, match="only the 'shapes' data set"):
         configuration.validate(config)
     config = shapes.get_config("test")
+    config.backbone_pretrain.steps = 10
     config.backbone_pretrain.num_images = config.data.shapes.num_train + 1
     with pytest.raises(configuration.ConfigError, match="num_images"):
         configuration.validate(config)
