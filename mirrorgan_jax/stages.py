@@ -55,15 +55,17 @@ def _evaluate_once(path: str, step: int, evaluate) -> dict:
     return report
 
 
-def _pretrain_backbone(config, workdir: str, stage: str, nets, features, variables) -> dict:
-    """`pretrain_backbone.pretrain` on `train` renders at the last stage's size; the report
-    goes to W/<stage>/backbone_pretrain.json. Runs only when the stage starts from scratch."""
+def _pretrain_backbone(config, workdir: str, stage: str, state, key: str, features):
+    """`state` with `state.params[key]` and `state.batch_stats` replaced by
+    `pretrain_backbone.pretrain` on `train` renders at the last stage's size; the report goes to
+    W/<stage>/backbone_pretrain.json. Runs only when the stage starts from scratch."""
     from mirrorgan_jax.evaluation import shapes_metrics
 
-    bp, size, seed = config.backbone_pretrain, nets.image_sizes[-1], config.data.shapes.seed
+    bp, seed = config.backbone_pretrain, config.data.shapes.seed
+    size = configuration.image_sizes(config)[-1]
     variables, report = pretrain_backbone.pretrain(
         features,
-        variables,
+        {"params": state.params[key], "batch_stats": state.batch_stats},
         shapes_metrics.render_dataset("train", bp.num_images, seed, size),
         shapes_metrics.render_dataset("test", bp.num_test_images, seed, size),
         steps=bp.steps,
@@ -73,7 +75,9 @@ def _pretrain_backbone(config, workdir: str, stage: str, nets, features, variabl
     )
     _write_json(os.path.join(workdir, stage, "backbone_pretrain.json"), report)
     logging.info("%s backbone pretrained on attributes: %s", stage, report)
-    return variables
+    return state.replace(
+        params={**state.params, key: variables["params"]}, batch_stats=variables["batch_stats"]
+    )
 
 
 def _steps_per_epoch(config, workdir, batch_size) -> int:
@@ -96,17 +100,13 @@ def run_damsm(config, workdir: str):
         logging.info(parameter_overview("text encoder", state.params["text"]))
         logging.info(parameter_overview("image encoder", state.params["image"]))
         if config.backbone_pretrain.steps:
-            image = _pretrain_backbone(
+            state = _pretrain_backbone(
                 config,
                 workdir,
                 "damsm",
-                nets,
+                state,
+                "image",
                 pretrain_backbone.damsm_trunk_features(nets),
-                {"params": state.params["image"], "batch_stats": state.batch_stats},
-            )
-            state = state.replace(
-                params={**state.params, "image": image["params"]},
-                batch_stats=image["batch_stats"],
             )
         return _place(mesh, state)
 
@@ -149,16 +149,13 @@ def run_stream(config, workdir: str):
         if config.stream.backbone_weights:
             state = _load_stream_backbone(config, nets, state)
         elif config.backbone_pretrain.steps:
-            cnn = _pretrain_backbone(
+            state = _pretrain_backbone(
                 config,
                 workdir,
                 "stream",
-                nets,
+                state,
+                "cnn",
                 pretrain_backbone.stream_backbone_features(nets),
-                {"params": state.params["cnn"], "batch_stats": state.batch_stats},
-            )
-            state = state.replace(
-                params={**state.params, "cnn": cnn["params"]}, batch_stats=cnn["batch_stats"]
             )
         return _place(mesh, state)
 
