@@ -42,7 +42,7 @@ def get_config(arg: str = ""):
     # Backbones trained from scratch by the DAMSM and captioning losses (the default here), or
     # first trained as attribute classifiers on `train` renders and then frozen, as the official
     # ImageNet backbones are: `--config.backbone_pretrain.steps=1200 --config.damsm.freeze_trunk=
-    # True --config.stream.freeze_backbone=True` (README, "What the shapes runs show").
+    # True --config.stream.freeze_backbone=True` (README, "What `make run` gives ...").
     c.backbone_pretrain.update(num_images=5000, batch_size=32, lr=3e-3)
     c.damsm.batch_size, c.damsm.steps, c.damsm.checkpoint_every = 32, 800, 400
     # A captioner pretrained 2,400 steps reads the image (0.34 nats/token of its cross-entropy

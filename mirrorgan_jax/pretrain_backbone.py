@@ -4,9 +4,8 @@ ImageNet weights that the official DAMSM image encoder (Inception-v3) and STREAM
 
 Trained from scratch by their own losses, the small `shapes` backbones take a shortcut: colour,
 size and position already tell a caption from the others in a batch, so neither the DAMSM losses
-nor the captioner's cross-entropy made them read shape (README, "What the shapes runs show").
-The STEM trained against such an image encoder lost shape too, and the generator then had no
-signal that asked for it.
+nor the captioner's cross-entropy made them read shape, and the STEM trained against such an
+image encoder lost shape too (README, "What `make run` gives on this machine").
 
 Here a backbone is first trained as an attribute classifier: one MLP head per attribute field
 (`shapes_metrics.HEAD_SIZES`) on its pooled features (the vector its stage's own head reads),
