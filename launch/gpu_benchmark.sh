@@ -20,10 +20,7 @@ CONFIG=${CONFIG:-configs/cub.py}
 LIMIT=${LIMIT:-360}
 VARIANTS=${VARIANTS:-"bfloat16:12:0.15 float32:12:0.2 bfloat16:64:0.6"}
 mkdir -p "$OUT"
-if ! python3 -c "import ml_collections" 2>/dev/null; then
-  python3 -m pip install -q --no-deps --target /tmp/mg_deps .gpu_wheels/*.whl
-  export PYTHONPATH=/tmp/mg_deps:${PYTHONPATH:-}
-fi
+source launch/gpu_wheels.sh "ml_collections"
 export PYTHONPATH=$PWD:${PYTHONPATH:-}
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"

@@ -9,10 +9,7 @@ cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/sweep_out}; LIMIT=${LIMIT:-430}; FRAC=${FRAC:-0.12}; PACK=${PACK:-sweep_pack}
 VARIANTS=${VARIANTS:-"crop:--crop plain df32:model.df_dim=32"}
 mkdir -p "$OUT"
-if ! python3 -c "import ml_collections, PIL" 2>/dev/null; then
-  python3 -m pip install -q --no-deps --target /tmp/mg_deps .gpu_wheels/*.whl
-  export PYTHONPATH=/tmp/mg_deps:${PYTHONPATH:-}
-fi
+source launch/gpu_wheels.sh "ml_collections, PIL"
 export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 [ -f "$PACK/images.npy" ] || JAX_PLATFORMS=cpu python3 launch/shapes_sweep/render_images.py "$PACK" || exit 1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
