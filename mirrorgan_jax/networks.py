@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from mirrorgan_jax import configuration
+from mirrorgan_jax.models.layers import fast_init_key
 
 Variables = dict[str, Any]
 
@@ -56,7 +57,7 @@ class Networks:
     def _init(self, fn, rng, abstract: bool) -> Variables:
         if abstract:
             return jax.eval_shape(fn, rng)
-        return jax.jit(lambda r: fn(_fast_key(r)))(rng)
+        return jax.jit(lambda r: fn(fast_init_key(r)))(rng)
 
     def init_text_encoder(self, rng, abstract: bool = False) -> Variables:
         tokens, lengths = self._text()
@@ -104,18 +105,6 @@ class Networks:
             rng,
             abstract,
         )
-
-
-def _fast_key(rng: jax.Array) -> jax.Array:
-    """An 'rbg' key derived from `rng`, for initialisers only.
-
-    Threefry random bits compile slowly on XLA:CPU (a few seconds per dozen initialisers);
-    the RngBitGenerator-based 'rbg' keys compile several times faster. Initialisation runs
-    unsharded, so the result is deterministic for a given seed and backend. Training steps keep
-    the default (sharding-invariant) threefry keys.
-    """
-    data = jax.random.bits(rng, (4,), jnp.uint32)
-    return jax.random.wrap_key_data(data, impl="rbg")
 
 
 def count_params(variables: Variables) -> int:
