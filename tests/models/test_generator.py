@@ -13,6 +13,7 @@ from mirrorgan_jax.models.generator import (
     kl_divergence,
     num_up_blocks,
 )
+from mirrorgan_jax.models.layers import fast_init_key
 
 
 def count_params(tree) -> int:
@@ -55,8 +56,11 @@ def small():
     g = make_generator(m)
     sent, words, pad = text_inputs(B, T, m.text_embedding_dim, [5, 3, 2])
     z = np.random.default_rng(1).normal(size=(B, m.z_dim)).astype(np.float32)
-    rngs = {"params": jax.random.key(0), "noise": jax.random.key(1)}
-    variables = jax.jit(lambda r: g.init(r, z, sent, words, pad, train=False))(rngs)
+    variables = jax.jit(  # an 'rbg' params key: a threefry one compiled for ~10 s
+        lambda r, n: g.init(
+            {"params": fast_init_key(r), "noise": n}, z, sent, words, pad, train=False
+        )
+    )(jax.random.key(0), jax.random.key(1))
     run = jax.jit(
         lambda v, noise: g.apply(
             v, z, sent, words, pad, train=True, rngs={"noise": noise}, mutable=["batch_stats"]
@@ -96,9 +100,9 @@ def test_bfloat16_runs(small):
     g = make_generator(m, dtype=jnp.bfloat16)
     sent, words, pad = text_inputs(2, T, m.text_embedding_dim, [5, 2])
     z = jnp.ones((2, m.z_dim))
-    out = g.apply(
-        small["variables"], z, sent, words, pad, train=False, eps=jnp.zeros((2, m.condition_dim))
-    )
+    out = jax.jit(  # jitted: eager bf16 convolutions compile one by one
+        lambda v: g.apply(v, z, sent, words, pad, train=False, eps=jnp.zeros((2, m.condition_dim)))
+    )(small["variables"])
     assert out.images[-1].dtype == jnp.bfloat16
     assert all(np.all(np.isfinite(np.asarray(x, np.float32))) for x in out.images)
 
@@ -121,7 +125,7 @@ def test_ablation_without_sentence_attention(small):
     h2["att"] = {"conv_context": h2["att"]["conv_context"]}
     h2["conv"] = {"kernel": 0.1 * jnp.ones(conv.shape)}
     variables = {**full, "params": {**full["params"], "h_net2": h2}}
-    out = g.apply(variables, z, sent, words, pad, train=False, eps=eps)
+    out = jax.jit(lambda v: g.apply(v, z, sent, words, pad, train=False, eps=eps))(variables)
     assert out.images[-1].shape == (B, 2 * m.base_size, 2 * m.base_size, 3)
     assert np.all(np.isfinite(np.asarray(out.images[-1])))
 
