@@ -87,7 +87,7 @@ def _train(spec, ckpt, state, start, step_fn, batches, rng, on_log):
     bad_value = jnp.zeros((), jnp.float32)
     data = batches(start)
     step = start
-    last_saved = start
+    last_saved = ckpt.latest_step()  # None on a fresh stage: nothing saved yet
     t0 = time.time()
     try:
         while step < spec.total_steps:
@@ -141,10 +141,14 @@ def _close_input(name: str, data) -> None:
         logging.info("%s: closing the input took %.1f s (in the background)", name, took)
 
 
-def _stop_non_finite(spec, bad_step: int, metrics, last_saved: int):
+def _stop_non_finite(spec, bad_step: int, metrics, last_saved: int | None):
     values = {k: float(v) for k, v in jax.device_get(metrics).items() if k in spec.loss_keys}
+    where = f"{spec.stage_dir}/checkpoints"
+    if last_saved is None:
+        kept = f"no checkpoint had been written yet in {where}, so a rerun starts the stage afresh"
+    else:
+        kept = f"the last good checkpoint is step {last_saved} in {where}"
     raise NonFiniteLoss(
         f"{spec.name}: non-finite loss at step {bad_step} (latest values: {values}); the run "
-        f"stopped without saving; the last good checkpoint is step {last_saved} in "
-        f"{spec.stage_dir}/checkpoints"
+        f"stopped without saving; {kept}"
     )

@@ -126,6 +126,20 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     ckpt.close()
 
 
+def test_non_finite_loss_before_any_checkpoint_names_none(tmp_path):
+    def poisoned(state, batch, rng):
+        new, metrics = _step(state, batch, rng)
+        return new, {"loss": jnp.nan * metrics["loss"]}
+
+    with pytest.raises(loop.NonFiniteLoss, match="step 1") as err:
+        _run(tmp_path, 10, step_fn=poisoned, every=100)
+    assert "no checkpoint had been written yet" in str(err.value)
+    assert "last good checkpoint" not in str(err.value)
+    ckpt = checkpoints.Checkpointer(str(tmp_path / "checkpoints"))
+    assert ckpt.latest_step() is None
+    ckpt.close()
+
+
 def test_config_mismatch_is_refused(tmp_path):
     _run(tmp_path, 2)
     with pytest.raises(checkpoints.ConfigMismatchError, match="width"):
