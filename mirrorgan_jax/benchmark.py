@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import json
 import os
 import resource
@@ -152,30 +151,33 @@ def _timed(fn, args, steps: int):
     return times
 
 
-@functools.lru_cache(maxsize=2)
-def _initial_state(nets: Networks, hyper) -> tuple:
-    """(fresh GAN state, frozen STEM/STREAM variables) from seed 0, as host arrays.
+def initial_state(nets: Networks, hyper) -> tuple:
+    """(fresh GAN state, frozen STEM/STREAM variables) from seed 0, on the default device.
 
-    Computed once per (nets, hyper) and shared by `bench_train` (for every conv policy: the
-    policy changes weight gradients, not initialisation) and `bench_breakdown`; initialising
-    compiles for seconds on XLA:CPU. Each caller places its own copy on devices, so the train
-    step may donate it."""
+    `bench_train` and `bench_breakdown` make their own unless given one; a caller running both
+    (the tests) can initialise once, which compiles for seconds on XLA:CPU."""
     rng = jax.random.key(0)
     state = train_gan.init_gan_state(nets, hyper, rng)
     frozen = train_gan.Frozen(
         nets.init_text_encoder(rng), nets.init_caption_cnn(rng), nets.init_caption_rnn(rng)
     )
-    return jax.device_get((state, frozen))
+    return state, frozen
 
 
-def bench_train(config, nets, n_words, steps, calib, rows) -> float:
-    """The full iteration: STEM, G forward, 3 D updates, G loss with STREAM, G update, EMA."""
+def bench_train(config, nets, n_words, steps, calib, rows, initial=None) -> float:
+    """The full iteration: STEM, G forward, 3 D updates, G loss with STREAM, G update, EMA.
+
+    `initial`: an `initial_state(...)` to start from (copied: the step donates its state)."""
     mesh = parallel.make_mesh()
     hyper = train_gan.GanHyper.from_config(config)
     rng = jax.random.key(0)
     t0 = time.perf_counter()
-    state, frozen = jax.device_put(_initial_state(nets, hyper), parallel.replicated(mesh))
-    init_s = time.perf_counter() - t0  # placement only when another policy initialised first
+    if initial is None:
+        state, frozen = initial_state(nets, hyper)
+    else:  # a copy: placement may reuse a buffer, and the step donates its state
+        state, frozen = jax.tree.map(jnp.copy, initial[0]), initial[1]
+    state, frozen = jax.device_put((state, frozen), parallel.replicated(mesh))
+    init_s = time.perf_counter() - t0  # placement only when `initial` is given
     _progress(f"train: initialised in {init_s:.1f} s")
     b = config.train.batch_size
     batch = parallel.shard_batch(mesh, random_batch(nets, b, n_words))
@@ -315,12 +317,13 @@ def iteration_parts(nets: Networks, hyper, state, frozen, batch, rng) -> dict:
     return parts
 
 
-def bench_breakdown(config, nets, n_words, steps, calib, rows) -> None:
+def bench_breakdown(config, nets, n_words, steps, calib, rows, initial=None) -> None:
     """Where the iteration's time goes: every part compiled and timed alone (median of
-    `steps`), with its XLA FLOPs, achieved FLOP/s and share of the parts' summed time."""
+    `steps`), with its XLA FLOPs, achieved FLOP/s and share of the parts' summed time.
+    `initial`: an `initial_state(...)` to use instead of a fresh one."""
     hyper = train_gan.GanHyper.from_config(config)
     rng = jax.random.key(0)
-    state, frozen = jax.tree.map(jnp.asarray, _initial_state(nets, hyper))
+    state, frozen = initial_state(nets, hyper) if initial is None else initial
     batch = random_batch(nets, config.train.batch_size, n_words)
     records = []
     for name, (fn, args) in iteration_parts(nets, hyper, state, frozen, batch, rng).items():

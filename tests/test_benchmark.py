@@ -3,7 +3,7 @@
 import pytest
 
 from configs import shapes
-from mirrorgan_jax import benchmark
+from mirrorgan_jax import benchmark, train_gan
 from mirrorgan_jax.networks import Networks
 
 N_WORDS = 30
@@ -15,8 +15,9 @@ def measured():
     config.model.branch_num = 1  # one 32-px stage (+ STREAM on it): a quarter of the compile
     nets = Networks.from_config(config, n_words=N_WORDS)
     rows: list = []
-    benchmark.bench_train(config, nets, N_WORDS, 2, 1e11, rows)
-    benchmark.bench_breakdown(config, nets, N_WORDS, 2, 1e11, rows)
+    initial = benchmark.initial_state(nets, train_gan.GanHyper.from_config(config))  # once
+    benchmark.bench_train(config, nets, N_WORDS, 2, 1e11, rows, initial)
+    benchmark.bench_breakdown(config, nets, N_WORDS, 2, 1e11, rows, initial)
     return config, rows
 
 
@@ -71,7 +72,7 @@ def test_conv_passes_both_weight_grad_policies():
 
 _VARIANT = """
 import sys, time
-from mirrorgan_jax import benchmark
+from mirrorgan_jax import benchmark, train_gan
 time.sleep(float(sys.argv[1]))  # a slower compile
 compiled = time.time()
 with benchmark._timing_turn():
