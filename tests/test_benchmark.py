@@ -72,7 +72,7 @@ def test_conv_passes_both_weight_grad_policies():
 
 _VARIANT = """
 import sys, time
-from mirrorgan_jax import benchmark, train_gan
+from mirrorgan_jax import benchmark
 time.sleep(float(sys.argv[1]))  # a slower compile
 compiled = time.time()
 with benchmark._timing_turn():
