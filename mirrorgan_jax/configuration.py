@@ -100,6 +100,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"config.backbone_pretrain.num_images={bp.num_images}: expected at most "
             f"data.shapes.num_train={config.data.shapes.num_train} (it uses the train split)"
         )
+    noise = config.model.ca_noise_scale
+    if not isinstance(noise, (int, float)) or isinstance(noise, bool) or noise < 0:
+        raise ConfigError(f"config.model.ca_noise_scale={noise!r}: expected a number >= 0")
     if config.train.lambda1 < 0:
         raise ConfigError(f"config.train.lambda1={config.train.lambda1}: expected >= 0")
 
@@ -152,6 +155,7 @@ def generator(config):
         word_attention_mask=m.word_attention_mask,
         sentence_attention_softmax=m.sentence_attention_softmax,
         sentence_attention=m.sentence_attention,
+        ca_noise_scale=m.ca_noise_scale,
         dtype=compute_dtype(config),
     )
 

@@ -76,5 +76,9 @@ def test_bad_config_values_name_the_key():
     c.train.batch_size = 0
     with pytest.raises(configuration.ConfigError, match="train.batch_size"):
         configuration.validate(c)
+    c = shapes.get_config("test")
+    c.model.ca_noise_scale = -0.5
+    with pytest.raises(configuration.ConfigError, match=r"model.ca_noise_scale=-0.5"):
+        configuration.validate(c)
     with pytest.raises(ValueError, match="preset"):
         shapes.get_config("fast")

@@ -74,10 +74,12 @@ def num_up_blocks(base_size: int) -> int:
 class ConditioningAugmentation(nn.Module):
     """CA_NET: Linear(nef, 4*cdim) -> GLU -> (mu, logvar); c = eps * exp(logvar / 2) + mu.
 
-    Runs in float32. Parameters: `fc` (Dense with bias).
+    Runs in float32. Parameters: `fc` (Dense with bias). `noise_scale` multiplies the eps drawn
+    from rng 'noise' (1 official, 0 gives c = mu); an explicit `eps` is used as given.
     """
 
     condition_dim: int
+    noise_scale: float = 1.0
 
     @nn.compact
     def __call__(self, sent_emb: Array, eps: Array | None = None) -> tuple[Array, Array, Array]:
@@ -96,6 +98,7 @@ class ConditioningAugmentation(nn.Module):
         logvar = x[:, self.condition_dim :]
         if eps is None:
             eps = jax.random.normal(self.make_rng("noise"), mu.shape, jnp.float32)
+            eps = self.noise_scale * eps
         elif eps.shape != mu.shape:
             raise ValueError(f"eps must have shape {mu.shape} (B, condition_dim); got {eps.shape}")
         c_code = eps * jnp.exp(0.5 * logvar) + mu
@@ -238,6 +241,8 @@ class Generator(nn.Module):
       base_size: first-stage image size (64 official; 32 for small configs).
       word_attention_mask, sentence_attention_softmax, sentence_attention: see
         `GlobalLocalAttention`.
+      ca_noise_scale: multiplies the CA noise drawn from rng 'noise' (1: official; 0: c = mu,
+        the whole sentence code reaches the first stage). An explicit `eps` is used as given.
       dtype: computation dtype of the stages (the CA runs in float32).
     """
 
@@ -250,6 +255,7 @@ class Generator(nn.Module):
     word_attention_mask: str = "official"
     sentence_attention_softmax: str = "channel"
     sentence_attention: bool = True
+    ca_noise_scale: float = 1.0
     dtype: Dtype | None = None
 
     @nn.compact
@@ -277,7 +283,9 @@ class Generator(nn.Module):
         if z.shape[-1] != self.z_dim:
             raise ValueError(f"z has {z.shape[-1]} features but Generator.z_dim={self.z_dim}")
         num_up = num_up_blocks(self.base_size)
-        c_code, mu, logvar = ConditioningAugmentation(self.condition_dim, name="ca")(sent_emb, eps)
+        c_code, mu, logvar = ConditioningAugmentation(
+            self.condition_dim, noise_scale=self.ca_noise_scale, name="ca"
+        )(sent_emb, eps)
         dtype = self.dtype or jnp.float32
         c_in = c_code.astype(dtype)
         words_in = words_emb.astype(dtype)

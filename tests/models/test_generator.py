@@ -206,6 +206,21 @@ def test_conditioning_augmentation_and_kl():
     assert float(kl_divergence(jnp.zeros(3), jnp.zeros(3))) == 0.0
 
 
+def test_conditioning_augmentation_noise_scale():
+    sent = np.random.default_rng(0).normal(size=(3, 6)).astype(np.float32)
+    variables = ConditioningAugmentation(4).init(jax.random.key(0), sent, jnp.zeros((3, 4)))
+    rngs = {"noise": jax.random.key(5)}
+    c1, mu, logvar = ConditioningAugmentation(4).apply(variables, sent, rngs=rngs)
+    half, _, _ = ConditioningAugmentation(4, noise_scale=0.5).apply(variables, sent, rngs=rngs)
+    none, _, _ = ConditioningAugmentation(4, noise_scale=0.0).apply(variables, sent, rngs=rngs)
+    np.testing.assert_array_equal(none, mu)  # c = mu: the whole code, no noise
+    np.testing.assert_allclose(half - mu, 0.5 * (c1 - mu), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(c1, mu)
+    eps = np.ones((3, 4), np.float32)  # an explicit eps is used as given, unscaled
+    c, _, _ = ConditioningAugmentation(4, noise_scale=0.0).apply(variables, sent, eps)
+    np.testing.assert_allclose(c, mu + np.exp(0.5 * np.asarray(logvar)), rtol=1e-5)
+
+
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="base_size"):
         num_up_blocks(48)
