@@ -32,6 +32,10 @@ import orbax.checkpoint as ocp
 log = logging.getLogger(__name__)
 
 _ABSENT = "<absent>"
+# Config keys added after checkpoints and workdirs were first written, each with the value that
+# reproduces the behaviour from before it existed. A saved config without such a key counts as
+# that value, so older checkpoints keep restoring; a run that sets another value still differs.
+ADDED_KEYS: dict[str, Any] = {"model.ca_noise_scale": 1.0}
 
 
 class NonFiniteError(ValueError):
@@ -104,9 +108,11 @@ def _flatten_config(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """'key: checkpoint X, current Y' for every (dotted) key whose values differ."""
+    """'key: checkpoint X, current Y' for every (dotted) key whose values differ (a key of
+    `ADDED_KEYS` missing from `saved` counts as its value there)."""
     a = _flatten_config(json.loads(json.dumps(saved)))
     b = _flatten_config(json.loads(json.dumps(current)))
+    a.update({k: v for k, v in ADDED_KEYS.items() if k not in a and k in b})
     return [
         f"{k}: checkpoint {a.get(k, _ABSENT)!r}, current {b.get(k, _ABSENT)!r}"
         for k in sorted(set(a) | set(b))

@@ -84,7 +84,9 @@ def _diff(a: Any, b: Any, prefix: str) -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         out = []
         for k in sorted(set(a) | set(b)):
-            out += _diff(a.get(k, "<absent>"), b.get(k, "<absent>"), f"{prefix}.{k}")
+            key = f"{prefix}.{k}"
+            saved = a.get(k, checkpoints.ADDED_KEYS.get(key, "<absent>"))
+            out += _diff(saved, b.get(k, "<absent>"), key)
         return out
     return [] if a == b else [f"{prefix}: saved {a!r}, now {b!r}"]
 

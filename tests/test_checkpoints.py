@@ -162,6 +162,29 @@ def test_config_mismatch(tmp_path):
     same.close()
 
 
+def test_keys_added_later_default_to_the_old_behaviour(tmp_path):
+    # A checkpoint written before `model.ca_noise_scale` existed restores under the value that
+    # reproduces its behaviour (1.0), and is refused under another one.
+    small = {"w": jnp.ones(2)}
+    with ck.Checkpointer(tmp_path) as c:
+        c.save(1, small, {"model": {"gf_dim": 32}})
+    c = ck.Checkpointer(tmp_path)
+    c.restore(
+        1, ck.abstract_like(small), expected_meta={"model": {"gf_dim": 32, "ca_noise_scale": 1.0}}
+    )
+    with pytest.raises(
+        ck.ConfigMismatchError, match=r"model.ca_noise_scale: checkpoint 1.0, current 0.0"
+    ):
+        c.restore(
+            1,
+            ck.abstract_like(small),
+            expected_meta={"model": {"gf_dim": 32, "ca_noise_scale": 0.0}},
+        )
+    with pytest.raises(ck.ConfigMismatchError, match=r"model.z_dim: checkpoint '<absent>'"):
+        c.restore(1, ck.abstract_like(small), expected_meta={"model": {"gf_dim": 32, "z_dim": 4}})
+    c.close()
+
+
 def test_expected_meta_check(tmp_path):
     small = {"w": jnp.ones(2)}
     model = {"gf_dim": 32, "sizes": [64, 128]}
