@@ -107,14 +107,18 @@ def _flatten_config(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """'key: checkpoint X, current Y' for every (dotted) key whose values differ (a key of
-    `ADDED_KEYS` missing from `saved` counts as its value there)."""
+def config_differences(
+    saved: Mapping[str, Any],
+    current: Mapping[str, Any],
+    names: tuple[str, str] = ("checkpoint", "current"),
+) -> list[str]:
+    """'key: checkpoint X, current Y' (`names` word it) for every (dotted) key whose values
+    differ; a key of `ADDED_KEYS` missing from `saved` counts as its value there."""
     a = _flatten_config(json.loads(json.dumps(saved)))
     b = _flatten_config(json.loads(json.dumps(current)))
     a.update({k: v for k, v in ADDED_KEYS.items() if k not in a and k in b})
     return [
-        f"{k}: checkpoint {a.get(k, _ABSENT)!r}, current {b.get(k, _ABSENT)!r}"
+        f"{k}: {names[0]} {a.get(k, _ABSENT)!r}, {names[1]} {b.get(k, _ABSENT)!r}"
         for k in sorted(set(a) | set(b))
         if a.get(k, _ABSENT) != b.get(k, _ABSENT)
     ]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
 
 import jax
 from absl import logging
@@ -66,7 +65,9 @@ def write_config(config, workdir: str) -> None:
     if os.path.exists(path):
         with open(path) as f:
             saved = json.load(f)
-        diffs = _diff(saved.get("model", {}), current["model"], "model")
+        diffs = checkpoints.config_differences(
+            {"model": saved.get("model", {})}, {"model": current["model"]}, ("saved", "now")
+        )
         if diffs:
             raise checkpoints.ConfigMismatchError(
                 f"{path} was written by a run with a different model config: "
@@ -78,17 +79,6 @@ def write_config(config, workdir: str) -> None:
         with open(tmp, "w") as f:
             json.dump(current, f, indent=2, sort_keys=True)
         os.replace(tmp, path)
-
-
-def _diff(a: Any, b: Any, prefix: str) -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b)):
-            key = f"{prefix}.{k}"
-            saved = a.get(k, checkpoints.ADDED_KEYS.get(key, "<absent>"))
-            out += _diff(saved, b.get(k, "<absent>"), key)
-        return out
-    return [] if a == b else [f"{prefix}: saved {a!r}, now {b!r}"]
 
 
 def load_tokenizer(config, workdir: str):
