@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from mirrorgan_jax import configuration
-from mirrorgan_jax.models.layers import fast_init_key
+from mirrorgan_jax.models.layers import jit_init
 
 Variables = dict[str, Any]
 
@@ -57,7 +57,7 @@ class Networks:
     def _init(self, fn, rng, abstract: bool) -> Variables:
         if abstract:
             return jax.eval_shape(fn, rng)
-        return jax.jit(lambda r: fn(fast_init_key(r)))(rng)
+        return jit_init(fn, rng)
 
     def init_text_encoder(self, rng, abstract: bool = False) -> Variables:
         tokens, lengths = self._text()

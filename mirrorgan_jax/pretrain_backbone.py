@@ -27,7 +27,7 @@ import optax
 
 from mirrorgan_jax.data.schema import ATTRIBUTE_FIELDS
 from mirrorgan_jax.evaluation import shapes_metrics
-from mirrorgan_jax.models.layers import fast_init_key
+from mirrorgan_jax.models.layers import jit_init
 
 # (variables, images [B,S,S,3] in [-1,1], train) -> (pooled features [B, C], new batch_stats)
 FeaturesFn = Callable[[Any, jax.Array, bool], tuple[jax.Array, Any]]
@@ -103,9 +103,7 @@ def pretrain(
     )
     params = {
         "backbone": variables["params"],
-        "heads": jax.jit(lambda r, x: heads.init(fast_init_key(r), x))(
-            jax.random.key(seed), jnp.zeros(feats.shape)
-        )["params"],
+        "heads": jit_init(heads.init, jax.random.key(seed), jnp.zeros(feats.shape))["params"],
     }
     tx = optax.adam(optax.cosine_decay_schedule(lr, steps, alpha=0.01))
     opt_state = jax.jit(tx.init)(params)

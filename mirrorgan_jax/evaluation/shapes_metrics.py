@@ -51,7 +51,7 @@ from flax import traverse_util
 from mirrorgan_jax.data import shapes
 from mirrorgan_jax.data.schema import ATTRIBUTE_FIELDS, NUM_ATTRIBUTES
 from mirrorgan_jax.evaluation.fid import fid_from_activations
-from mirrorgan_jax.models.layers import Conv, fast_init_key
+from mirrorgan_jax.models.layers import Conv, jit_init
 from mirrorgan_jax.torch_import.common import check_against
 
 Array = jax.Array
@@ -383,8 +383,9 @@ def train_classifier(
 
     # One compiled program instead of one per initialiser, with an 'rbg' key (a threefry key
     # made this compile take 9.6 s).
-    init = jax.jit(lambda r, x: model.init(fast_init_key(r), x))
-    variables = init(jax.random.key(seed), jnp.zeros((1, image_size, image_size, 3), jnp.float32))
+    variables = jit_init(
+        model.init, jax.random.key(seed), jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+    )
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, learning_rate, min(100, steps // 10 + 1), steps, learning_rate * 0.01
     )

@@ -41,6 +41,12 @@ def fast_init_key(rng: Array) -> Array:
     return jax.random.wrap_key_data(data, impl="rbg")
 
 
+def jit_init(init, rng: Array, *args):
+    """`init(fast_init_key(rng), *args)` as one jitted program: one compile instead of one per
+    initialiser, with the fast key (e.g. `jit_init(model.init, key, dummy_input)`)."""
+    return jax.jit(lambda r, *a: init(fast_init_key(r), *a))(rng, *args)
+
+
 def bn_scale_init(key: Array, shape, dtype=jnp.float32) -> Array:
     """BatchNorm gamma ~ N(1, 0.02), as the official `weights_init`."""
     return 1.0 + 0.02 * jax.random.normal(key, shape, dtype)
