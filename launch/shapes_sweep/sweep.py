@@ -1,6 +1,7 @@
 """One shapes GAN variant trained on a GPU without tf.data, scored along the way.
 
-  python launch/shapes_sweep/sweep.py PACK_DIR OUT_DIR NAME TIME_LIMIT_S [--crop] [key=value ...]
+  python launch/shapes_sweep/sweep.py PACK_DIR OUT_DIR NAME TIME_LIMIT_S [--crop] [--dcgan[=W]] \
+      [key=value ...]
 
 The train step is `train_gan.train_step` of `configs/shapes.py` (with the key=value overrides,
 e.g. model.df_dim=32 train.lambda1=0.0), fed from the pack (make_pack.py, render_images.py):
@@ -9,6 +10,13 @@ random caption of each; --crop adds the pipeline's 76/64 rescale, random crop an
 host only dispatches. STEM and STREAM are the pack's frozen networks. At the steps in EVAL_AT and
 when TIME_LIMIT_S (counted from the start) runs out, the EMA generator draws the pack's test
 captions and the workdir's attribute classifier scores them (`shapes_metrics.attribute_accuracy`).
+--dcgan trains the textbook conditional DCGAN of dcgan.py (same batches, sentence feature and
+scoring; of the overrides only train.batch_size applies) instead of the MirrorGAN G/D; W is its
+width (default 64, the textbook one).
+Besides the attribute metrics, each eval row has `shape0_spread`: the entropy of the classifier's
+predicted first-object shapes over the test images, over log(number of shapes) (about 1 for
+real renders; low when every object comes out the same, e.g. a round blob), a caption-free
+measure of whether the generator draws distinct shapes at all.
 Writes OUT_DIR/NAME.jsonl (train losses every 250 steps, eval rows) and
 OUT_DIR/NAME_samples_STEP.npy (the first 16 test captions' images, uint8).
 This is a research tool: the trained state is not saved.
@@ -28,9 +36,11 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 from configs import shapes as shapes_cfg  # noqa: E402
 from mirrorgan_jax import train_gan  # noqa: E402
+from mirrorgan_jax.data.schema import ATTRIBUTE_FIELDS  # noqa: E402
 from mirrorgan_jax.evaluation import shapes_metrics as sm  # noqa: E402
 from mirrorgan_jax.networks import Networks  # noqa: E402
 
+SHAPE0 = list(ATTRIBUTE_FIELDS).index("shape0")
 EVAL_AT = {500, 1000, 1700, 2500, 3400, 5000, 7000, 10000, 13000, 16000, 20000, 25000, 30000}
 
 
@@ -45,7 +55,12 @@ def _resize(x, size):  # PIL-like bilinear (antialiased when shrinking), rounded
     return jnp.round(jax.image.resize(x, (x.shape[0], size, size, 3), "linear", antialias=True))
 
 
-def main(pack_dir, out_dir, name, limit, crop, overrides):
+def _spread(labels, n_classes):  # entropy of the label histogram / log(n_classes)
+    p = np.bincount(labels[labels >= 0], minlength=n_classes) / max(1, np.sum(labels >= 0))
+    return float(-np.sum(p[p > 0] * np.log(p[p > 0])) / np.log(n_classes)) + 0.0
+
+
+def main(pack_dir, out_dir, name, limit, crop, overrides, dcgan=0):
     t_start = time.time()
     config = _config(overrides)
     with open(os.path.join(pack_dir, "meta.json")) as f:
@@ -88,14 +103,25 @@ def main(pack_dir, out_dir, name, limit, crop, overrides):
             "class_id": jnp.zeros((b,), jnp.int32),  # unused by the GAN step
         }
 
+    if dcgan:
+        from dcgan import make_reference  # launch/shapes_sweep/dcgan.py, beside this script
+
+        _, sent = train_gan.encode_text(nets, frozen, tokens[:2, 0], lengths[:2, 0])
+        ref_init, ref_step, ref_sample = make_reference(nets, frozen, b, sent.shape[-1], dcgan)
+
     @jax.jit
     def step(state, key):
         k_batch, k_step = jax.random.split(key)
         batch = make_batch(k_batch)
+        if dcgan:
+            return ref_step(state, batch, k_step)
         return train_gan.train_step(state, batch, k_step, frozen, nets=nets, hyper=hyper)
 
     @jax.jit
-    def generate(params, stats, tok, length, key):
+    def generate(state, tok, length, key):
+        if dcgan:
+            return ref_sample(state, tok, length, key)
+        params, stats = state.ema_params, state.g_batch_stats
         return train_gan.generate(nets, params, stats, frozen, tok, length, key).images[-1]
 
     test_tokens, test_lengths = pack["test_tokens"], pack["test_lengths"]
@@ -104,15 +130,16 @@ def main(pack_dir, out_dir, name, limit, crop, overrides):
         preds = []
         for i in range(0, test_tokens.shape[0], 100):
             x = generate(
-                state.ema_params, state.g_batch_stats, test_tokens[i : i + 100],
-                test_lengths[i : i + 100], jax.random.key(100 + i),
-            )  # fmt: skip
+                state, test_tokens[i : i + 100], test_lengths[i : i + 100], jax.random.key(100 + i)
+            )
             x = jnp.clip(x.astype(jnp.float32), -1, 1)  # [100, 64, 64, 3]
             if i == 0:
                 grid = np.asarray(jnp.round((x[:16] + 1) * 127.5)).astype(np.uint8)
                 np.save(os.path.join(out_dir, f"{name}_samples_{at}.npy"), grid)
             preds.append(np.asarray(predict(x)[0]))
-        acc = sm.attribute_accuracy(np.concatenate(preds), pack["test_attributes"])
+        preds = np.concatenate(preds)
+        acc = sm.attribute_accuracy(preds, pack["test_attributes"])
+        acc["shape0_spread"] = _spread(preds[:, SHAPE0], sm.HEAD_SIZES[SHAPE0])
         return {k: round(v, 4) for k, v in acc.items() if "/" not in k or k == "field/shape0"}
 
     log = open(os.path.join(out_dir, f"{name}.jsonl"), "a")
@@ -124,8 +151,15 @@ def main(pack_dir, out_dir, name, limit, crop, overrides):
         print(json.dumps(record), flush=True)
 
     device = jax.devices()[0].device_kind
-    emit({"what": "config", "overrides": overrides, "crop": crop, "n_train": n, "device": device})
-    state = train_gan.init_gan_state(nets, hyper, jax.random.key(config.seed + 3))
+    emit({"what": "config", "overrides": overrides, "crop": crop, "dcgan": dcgan, "n_train": n,
+          "device": device})  # fmt: skip
+    if dcgan:
+        state = ref_init(jax.random.key(config.seed + 3))
+    else:
+        state = train_gan.init_gan_state(nets, hyper, jax.random.key(config.seed + 3))
+    real_shape0 = sm.canonical_attributes(pack["test_attributes"])[:, SHAPE0]
+    real_spread = _spread(real_shape0, sm.HEAD_SIZES[SHAPE0])
+    emit({"what": "reference", "test_shape0_spread": round(real_spread, 4)})
     rng = jax.random.key(config.seed + 2)
     i, t0 = 0, None
     while True:
@@ -150,7 +184,8 @@ def main(pack_dir, out_dir, name, limit, crop, overrides):
 
 if __name__ == "__main__":
     args = sys.argv[5:]
+    widths = [int(a.partition("=")[2] or 64) for a in args if a.startswith("--dcgan")]
     main(
         sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), "--crop" in args,
-        [a for a in args if "=" in a],
+        [a for a in args if "=" in a and not a.startswith("--")], (widths or [0])[0],
     )  # fmt: skip

@@ -1,0 +1,125 @@
+"""A textbook sentence-conditional DCGAN, as a reference for the shapes sweep (`--dcgan`).
+
+The question it answers: do the shapes renders need more GAN steps than a CPU session has, or
+does the MirrorGAN G/D pair miss something a plain GAN gets? It trains on the same batches, the
+same frozen STEM sentence feature and is scored by the same attribute classifier as the
+MirrorGAN variants of `sweep.py`, but shares none of their model code:
+
+  G: [z (100), sentence (D)] -> dense 4x4x8w -> 4 x (transposed conv 4x4 stride 2, BN, ReLU)
+     -> 64 x 64 x 3, tanh (last layer without BN), w = 64 by default.
+  D: 4 x (conv 4x4 stride 2, BN except the first, LeakyReLU 0.2) -> 4x4x8w -> dense 2w = f;
+     logit = dense(f) + <f, dense(sentence)> (a projection discriminator).
+  Non-saturating logistic loss, one D and one G step per batch, Adam 2e-4 (0.5, 0.999).
+
+A research tool next to sweep.py, not part of the package.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+from flax.training import train_state
+
+from mirrorgan_jax import train_gan
+
+
+class Generator(nn.Module):
+    width: int = 64
+
+    @nn.compact
+    def __call__(self, z, sent, train: bool):
+        bn = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9)  # noqa: E731
+        h = nn.Dense(4 * 4 * 8 * self.width)(jnp.concatenate([z, sent], -1))
+        h = nn.relu(bn()(h.reshape(-1, 4, 4, 8 * self.width)))  # [B, 4, 4, 8w]
+        for mult in (4, 2, 1):  # 8, 16, 32 px
+            h = nn.ConvTranspose(mult * self.width, (4, 4), (2, 2), padding="SAME")(h)
+            h = nn.relu(bn()(h))
+        return jnp.tanh(nn.ConvTranspose(3, (4, 4), (2, 2), padding="SAME")(h))  # [B, 64, 64, 3]
+
+
+class Discriminator(nn.Module):
+    width: int = 64
+
+    @nn.compact
+    def __call__(self, x, sent):  # BN always on batch statistics, as in training
+        h = x  # [B, 64, 64, 3]
+        for i, mult in enumerate((1, 2, 4, 8)):
+            h = nn.Conv(mult * self.width, (4, 4), (2, 2), padding=((1, 1), (1, 1)))(h)
+            if i:
+                h = nn.BatchNorm(use_running_average=False, momentum=0.9)(h)
+            h = nn.leaky_relu(h, 0.2)  # ends [B, 4, 4, 8w]
+        f = nn.leaky_relu(nn.Dense(2 * self.width)(h.reshape(h.shape[0], -1)), 0.2)
+        return nn.Dense(1)(f)[:, 0] + jnp.sum(f * nn.Dense(2 * self.width)(sent), -1)  # [B]
+
+
+@struct.dataclass
+class State:
+    g: train_state.TrainState
+    d: train_state.TrainState
+    g_stats: Any
+    d_stats: Any
+    step: jax.Array
+
+
+def make_reference(nets, frozen, batch_size: int, sent_dim: int, width: int = 64, z_dim: int = 100):
+    """-> (init(key) -> State, step(state, batch, key) -> (state, metrics),
+    sample(state, tokens, lengths, key) -> images [B, 64, 64, 3] in [-1, 1])."""
+    gen, disc = Generator(width), Discriminator(width)
+    tx = lambda: optax.adam(2e-4, 0.5, 0.999)  # noqa: E731
+
+    def init(key):
+        k_g, k_d = jax.random.split(key)
+        z, s = jnp.zeros((batch_size, z_dim)), jnp.zeros((batch_size, sent_dim))
+        gv = gen.init(k_g, z, s, True)
+        dv = disc.init(k_d, jnp.zeros((batch_size, 64, 64, 3)), s)
+        return State(
+            g=train_state.TrainState.create(apply_fn=None, params=gv["params"], tx=tx()),
+            d=train_state.TrainState.create(apply_fn=None, params=dv["params"], tx=tx()),
+            g_stats=gv["batch_stats"], d_stats=dv["batch_stats"], step=jnp.zeros((), jnp.int32),
+        )  # fmt: skip
+
+    def d_apply(params, stats, x, s):
+        variables = {"params": params, "batch_stats": stats}
+        out, new = disc.apply(variables, x, s, mutable=["batch_stats"])
+        return out, new["batch_stats"]
+
+    def step(state, batch, key):
+        _, sent = train_gan.encode_text(nets, frozen, batch["tokens"], batch["lengths"])
+        sent = jax.lax.stop_gradient(sent)  # [B, D]
+        real = batch["images"][-1]  # [B, 64, 64, 3]
+        z = jax.random.normal(key, (real.shape[0], z_dim))
+        fake, g_new = gen.apply(
+            {"params": state.g.params, "batch_stats": state.g_stats}, z, sent, True,
+            mutable=["batch_stats"],
+        )  # fmt: skip
+
+        def d_loss_fn(p):
+            lr, st = d_apply(p, state.d_stats, real, sent)
+            lf, st = d_apply(p, st, jax.lax.stop_gradient(fake), sent)
+            loss = jnp.mean(jax.nn.softplus(-lr)) + jnp.mean(jax.nn.softplus(lf))
+            return loss, st
+
+        (d_loss, d_stats), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(state.d.params)
+        d = state.d.apply_gradients(grads=d_grads)
+
+        def g_loss_fn(p):
+            x, _ = gen.apply(
+                {"params": p, "batch_stats": state.g_stats}, z, sent, True, mutable=["batch_stats"]
+            )
+            lf, _ = d_apply(d.params, d_stats, x, sent)
+            return jnp.mean(jax.nn.softplus(-lf))
+
+        g_loss, g_grads = jax.value_and_grad(g_loss_fn)(state.g.params)
+        g = state.g.apply_gradients(grads=g_grads)
+        new = State(g=g, d=d, g_stats=g_new["batch_stats"], d_stats=d_stats, step=state.step + 1)
+        return new, {"d_loss": d_loss, "g_loss": g_loss}
+
+    def sample(state, tokens, lengths, key):
+        _, sent = train_gan.encode_text(nets, frozen, tokens, lengths)
+        z = jax.random.normal(key, (tokens.shape[0], z_dim))
+        return gen.apply({"params": state.g.params, "batch_stats": state.g_stats}, z, sent, False)
+
+    return init, step, sample
