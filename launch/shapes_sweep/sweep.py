@@ -13,10 +13,6 @@ captions and the workdir's attribute classifier scores them (`shapes_metrics.att
 --dcgan trains the textbook conditional DCGAN of dcgan.py (same batches, sentence feature and
 scoring; of the overrides only train.batch_size applies) instead of the MirrorGAN G/D; W is its
 width (default 64, the textbook one).
-Besides the attribute metrics, each eval row has `shape0_spread`: the entropy of the classifier's
-predicted first-object shapes over the test images, over log(number of shapes) (about 1 for
-real renders; low when every object comes out the same, e.g. a round blob), a caption-free
-measure of whether the generator draws distinct shapes at all.
 Writes OUT_DIR/NAME.jsonl (train losses every 250 steps, eval rows) and
 OUT_DIR/NAME_samples_STEP.npy (the first 16 test captions' images, uint8).
 This is a research tool: the trained state is not saved.
@@ -36,11 +32,9 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 from configs import shapes as shapes_cfg  # noqa: E402
 from mirrorgan_jax import train_gan  # noqa: E402
-from mirrorgan_jax.data.schema import ATTRIBUTE_FIELDS  # noqa: E402
 from mirrorgan_jax.evaluation import shapes_metrics as sm  # noqa: E402
 from mirrorgan_jax.networks import Networks  # noqa: E402
 
-SHAPE0 = list(ATTRIBUTE_FIELDS).index("shape0")
 EVAL_AT = {500, 1000, 1700, 2500, 3400, 5000, 7000, 10000, 13000, 16000, 20000, 25000, 30000}
 
 
@@ -53,11 +47,6 @@ def _config(overrides):
 
 def _resize(x, size):  # PIL-like bilinear (antialiased when shrinking), rounded like the pipeline
     return jnp.round(jax.image.resize(x, (x.shape[0], size, size, 3), "linear", antialias=True))
-
-
-def _spread(labels, n_classes):  # entropy of the label histogram / log(n_classes)
-    p = np.bincount(labels[labels >= 0], minlength=n_classes) / max(1, np.sum(labels >= 0))
-    return float(-np.sum(p[p > 0] * np.log(p[p > 0])) / np.log(n_classes)) + 0.0
 
 
 def main(pack_dir, out_dir, name, limit, crop, overrides, dcgan=0):
@@ -137,9 +126,7 @@ def main(pack_dir, out_dir, name, limit, crop, overrides, dcgan=0):
                 grid = np.asarray(jnp.round((x[:16] + 1) * 127.5)).astype(np.uint8)
                 np.save(os.path.join(out_dir, f"{name}_samples_{at}.npy"), grid)
             preds.append(np.asarray(predict(x)[0]))
-        preds = np.concatenate(preds)
-        acc = sm.attribute_accuracy(preds, pack["test_attributes"])
-        acc["shape0_spread"] = _spread(preds[:, SHAPE0], sm.HEAD_SIZES[SHAPE0])
+        acc = sm.attribute_accuracy(np.concatenate(preds), pack["test_attributes"])
         return {k: round(v, 4) for k, v in acc.items() if "/" not in k or k == "field/shape0"}
 
     log = open(os.path.join(out_dir, f"{name}.jsonl"), "a")
@@ -157,9 +144,6 @@ def main(pack_dir, out_dir, name, limit, crop, overrides, dcgan=0):
         state = ref_init(jax.random.key(config.seed + 3))
     else:
         state = train_gan.init_gan_state(nets, hyper, jax.random.key(config.seed + 3))
-    real_shape0 = sm.canonical_attributes(pack["test_attributes"])[:, SHAPE0]
-    real_spread = _spread(real_shape0, sm.HEAD_SIZES[SHAPE0])
-    emit({"what": "reference", "test_shape0_spread": round(real_spread, 4)})
     rng = jax.random.key(config.seed + 2)
     i, t0 = 0, None
     while True:
