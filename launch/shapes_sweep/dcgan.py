@@ -91,10 +91,15 @@ def make_reference(nets, frozen, batch_size: int, sent_dim: int, width: int = 64
         sent = jax.lax.stop_gradient(sent)  # [B, D]
         real = batch["images"][-1]  # [B, 64, 64, 3]
         z = jax.random.normal(key, (real.shape[0], z_dim))
-        fake, g_new = gen.apply(
-            {"params": state.g.params, "batch_stats": state.g_stats}, z, sent, True,
-            mutable=["batch_stats"],
-        )  # fmt: skip
+
+        def g_forward(p):
+            x, new = gen.apply(
+                {"params": p, "batch_stats": state.g_stats}, z, sent, True, mutable=["batch_stats"]
+            )
+            return x, new["batch_stats"]
+
+        # One G forward: D trains on its output, then G's gradient goes back through it (vjp).
+        fake, g_vjp, g_stats = jax.vjp(g_forward, state.g.params, has_aux=True)  # [B, 64, 64, 3]
 
         def d_loss_fn(p):
             lr, st = d_apply(p, state.d_stats, real, sent)
@@ -105,16 +110,14 @@ def make_reference(nets, frozen, batch_size: int, sent_dim: int, width: int = 64
         (d_loss, d_stats), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(state.d.params)
         d = state.d.apply_gradients(grads=d_grads)
 
-        def g_loss_fn(p):
-            x, _ = gen.apply(
-                {"params": p, "batch_stats": state.g_stats}, z, sent, True, mutable=["batch_stats"]
-            )
+        def g_loss_fn(x):
             lf, _ = d_apply(d.params, d_stats, x, sent)
             return jnp.mean(jax.nn.softplus(-lf))
 
-        g_loss, g_grads = jax.value_and_grad(g_loss_fn)(state.g.params)
+        g_loss, d_fake = jax.value_and_grad(g_loss_fn)(fake)
+        (g_grads,) = g_vjp(d_fake)
         g = state.g.apply_gradients(grads=g_grads)
-        new = State(g=g, d=d, g_stats=g_new["batch_stats"], d_stats=d_stats, step=state.step + 1)
+        new = State(g=g, d=d, g_stats=g_stats, d_stats=d_stats, step=state.step + 1)
         return new, {"d_loss": d_loss, "g_loss": g_loss}
 
     def sample(state, tokens, lengths, key):
