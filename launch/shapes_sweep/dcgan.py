@@ -61,7 +61,6 @@ class State:
     d: train_state.TrainState
     g_stats: Any
     d_stats: Any
-    step: jax.Array
 
 
 def make_reference(nets, frozen, batch_size: int, sent_dim: int, width: int = 64, z_dim: int = 100):
@@ -78,7 +77,7 @@ def make_reference(nets, frozen, batch_size: int, sent_dim: int, width: int = 64
         return State(
             g=train_state.TrainState.create(apply_fn=None, params=gv["params"], tx=tx()),
             d=train_state.TrainState.create(apply_fn=None, params=dv["params"], tx=tx()),
-            g_stats=gv["batch_stats"], d_stats=dv["batch_stats"], step=jnp.zeros((), jnp.int32),
+            g_stats=gv["batch_stats"], d_stats=dv["batch_stats"],
         )  # fmt: skip
 
     def d_apply(params, stats, x, s):
@@ -117,7 +116,7 @@ def make_reference(nets, frozen, batch_size: int, sent_dim: int, width: int = 64
         g_loss, d_fake = jax.value_and_grad(g_loss_fn)(fake)
         (g_grads,) = g_vjp(d_fake)
         g = state.g.apply_gradients(grads=g_grads)
-        new = State(g=g, d=d, g_stats=g_stats, d_stats=d_stats, step=state.step + 1)
+        new = State(g=g, d=d, g_stats=g_stats, d_stats=d_stats)
         return new, {"d_loss": d_loss, "g_loss": g_loss}
 
     def sample(state, tokens, lengths, key):
@@ -125,4 +124,4 @@ def make_reference(nets, frozen, batch_size: int, sent_dim: int, width: int = 64
         z = jax.random.normal(key, (tokens.shape[0], z_dim))
         return gen.apply({"params": state.g.params, "batch_stats": state.g_stats}, z, sent, False)
 
-    return init, step, sample
+    return jax.jit(init), step, sample

@@ -95,8 +95,9 @@ def main(pack_dir, out_dir, name, limit, crop, overrides, dcgan=0):
     if dcgan:
         from dcgan import make_reference  # launch/shapes_sweep/dcgan.py, beside this script
 
-        _, sent = train_gan.encode_text(nets, frozen, tokens[:2, 0], lengths[:2, 0])
-        ref_init, ref_step, ref_sample = make_reference(nets, frozen, b, sent.shape[-1], dcgan)
+        encode = lambda t, n: train_gan.encode_text(nets, frozen, t, n)[1]  # noqa: E731
+        sent_dim = jax.eval_shape(encode, tokens[:1, 0], lengths[:1, 0]).shape[-1]
+        ref_init, ref_step, ref_sample = make_reference(nets, frozen, b, sent_dim, dcgan)
 
     @jax.jit
     def step(state, key):
