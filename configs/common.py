@@ -46,6 +46,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     # Scale of the CA's noise (c = mu + scale * eps * sigma): 1 is the official sampling; 0 makes
     # c = mu, so the first stage sees the whole sentence code (not in the official code).
     m.ca_noise_scale = 1.0
+    m.discriminator_batchnorm = True  # False: no BatchNorm in the Ds (not in the official code)
     m.r_num = 2
     m.branch_num = 3  # stages: 64 / 128 / 256
     m.base_size = 64

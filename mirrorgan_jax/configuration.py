@@ -105,6 +105,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.model.ca_noise_scale={noise!r}: expected a number >= 0")
     if config.train.lambda1 < 0:
         raise ConfigError(f"config.train.lambda1={config.train.lambda1}: expected >= 0")
+    if not isinstance(config.model.discriminator_batchnorm, bool):
+        raise ConfigError(
+            f"config.model.discriminator_batchnorm={config.model.discriminator_batchnorm!r}: "
+            "expected True or False"
+        )
+    r1 = config.train.r1_gamma
+    if not isinstance(r1, (int, float)) or isinstance(r1, bool) or r1 < 0:
+        raise ConfigError(f"config.train.r1_gamma={r1!r}: expected a number >= 0")
 
 
 def image_sizes(config: ml_collections.ConfigDict) -> tuple[int, ...]:
@@ -165,7 +173,12 @@ def discriminators(config) -> list:
     from mirrorgan_jax.models.discriminators import Discriminator
 
     return [
-        Discriminator(image_size=s, df_dim=config.model.df_dim, dtype=compute_dtype(config))
+        Discriminator(
+            image_size=s,
+            df_dim=config.model.df_dim,
+            dtype=compute_dtype(config),
+            batchnorm=config.model.discriminator_batchnorm,
+        )
         for s in image_sizes(config)
     ]
 

@@ -80,5 +80,13 @@ def test_bad_config_values_name_the_key():
     c.model.ca_noise_scale = -0.5
     with pytest.raises(configuration.ConfigError, match=r"model.ca_noise_scale=-0.5"):
         configuration.validate(c)
+    c = shapes.get_config("test")
+    c.train.r1_gamma = -0.1
+    with pytest.raises(configuration.ConfigError, match=r"train.r1_gamma=-0.1: expected"):
+        configuration.validate(c)
+    c = shapes.get_config("test")
+    c.model.discriminator_batchnorm = None
+    with pytest.raises(configuration.ConfigError, match=r"model.discriminator_batchnorm=None"):
+        configuration.validate(c)
     with pytest.raises(ValueError, match="preset"):
         shapes.get_config("fast")

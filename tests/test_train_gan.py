@@ -31,6 +31,9 @@ def _batch(nets, seed=0):
 
 def _setup():
     config = shapes.get_config("test")
+    # The official discriminators (with BatchNorm, whose statistics must be the global batch's
+    # on 8 devices); the end-to-end tests run the shapes default without it.
+    config.model.discriminator_batchnorm = True
     nets = Networks.from_config(config, n_words=N_WORDS)
     hyper = train_gan.GanHyper.from_config(config)
     rng = jax.random.key(0)

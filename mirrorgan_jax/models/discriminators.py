@@ -52,23 +52,32 @@ def _conv4x4_s2(features: int, dtype: Dtype | None, name: str) -> nn.Conv:
     )
 
 
+def _maybe_bn(x: Array, batchnorm: bool, dtype: Dtype | None, train: bool) -> Array:
+    """TorchBatchNorm named `bn` (official), or the identity for a D without BatchNorm."""
+    return TorchBatchNorm(dtype=dtype, name="bn")(x, train) if batchnorm else x
+
+
 class DownBlock(nn.Module):
-    """downBlock: conv4x4 s2 p1 (no bias) -> BN -> LeakyReLU(0.2). Params: `conv`, `bn`."""
+    """downBlock: conv4x4 s2 p1 (no bias) -> BN -> LeakyReLU(0.2). Params: `conv`, `bn`
+    (without `bn` when batchnorm=False, an option that is not in the official code)."""
 
     features: int
     dtype: Dtype | None = None
+    batchnorm: bool = True
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> Array:
         x = _conv4x4_s2(self.features, self.dtype, "conv")(x)
-        return leaky_relu(TorchBatchNorm(dtype=self.dtype, name="bn")(x, train))
+        return leaky_relu(_maybe_bn(x, self.batchnorm, self.dtype, train))
 
 
 class Block3x3LeakyReLU(nn.Module):
-    """Block3x3_leakRelu: conv3x3 (no bias) -> BN -> LeakyReLU(0.2). Params: `conv`, `bn`."""
+    """Block3x3_leakRelu: conv3x3 (no bias) -> BN -> LeakyReLU(0.2). Params: `conv`, `bn`
+    (without `bn` when batchnorm=False)."""
 
     features: int
     dtype: Dtype | None = None
+    batchnorm: bool = True
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> Array:
@@ -81,7 +90,7 @@ class Block3x3LeakyReLU(nn.Module):
             dtype=self.dtype,
             name="conv",
         )(x)
-        return leaky_relu(TorchBatchNorm(dtype=self.dtype, name="bn")(x, train))
+        return leaky_relu(_maybe_bn(x, self.batchnorm, self.dtype, train))
 
 
 class ImageEncoder16(nn.Module):
@@ -93,12 +102,13 @@ class ImageEncoder16(nn.Module):
     df_dim: int
     num_down: int = 4
     dtype: Dtype | None = None
+    batchnorm: bool = True
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> Array:
         x = leaky_relu(_conv4x4_s2(self.df_dim, self.dtype, "conv0")(x))
         for i in range(1, self.num_down):
-            x = DownBlock(self.df_dim * 2**i, dtype=self.dtype, name=f"down{i}")(x, train)
+            x = DownBlock(self.df_dim * 2**i, self.dtype, self.batchnorm, name=f"down{i}")(x, train)
         return x
 
 
@@ -113,6 +123,7 @@ class LogitsHead(nn.Module):
     df_dim: int
     conditional: bool
     dtype: Dtype | None = None
+    batchnorm: bool = True
 
     @nn.compact
     def __call__(self, h: Array, condition: Array | None, train: bool) -> Array:
@@ -123,7 +134,9 @@ class LogitsHead(nn.Module):
                 (b, height, width, condition.shape[-1]),
             )
             h = jnp.concatenate([h, c], axis=-1)  # [B, 4, 4, 8df + nef]
-            h = Block3x3LeakyReLU(8 * self.df_dim, dtype=self.dtype, name="joint_conv")(h, train)
+            h = Block3x3LeakyReLU(8 * self.df_dim, self.dtype, self.batchnorm, name="joint_conv")(
+                h, train
+            )
         out = Conv(
             1,
             (4, 4),
@@ -149,31 +162,35 @@ class Discriminator(nn.Module):
       image_size: 32, 64, 128 or 256.
       df_dim: GAN.DF_DIM.
       dtype: computation dtype (logits are returned in float32).
+      batchnorm: the official BatchNorm after each conv but the first (True), or none (False,
+        not in the official code; the parameter tree then has no `bn` entries and no
+        batch_stats).
     """
 
     image_size: int
     df_dim: int = 64
     dtype: Dtype | None = None
+    batchnorm: bool = True
 
     def setup(self):
         if self.image_size not in IMAGE_SIZES:
             raise ValueError(
                 f"Discriminator.image_size must be one of {IMAGE_SIZES}, got {self.image_size}"
             )
-        ndf, dt = self.df_dim, self.dtype
-        self.img_code_s16 = ImageEncoder16(ndf, 3 if self.image_size == 32 else 4, dtype=dt)
+        ndf, dt, bn = self.df_dim, self.dtype, self.batchnorm
+        self.img_code_s16 = ImageEncoder16(ndf, 3 if self.image_size == 32 else 4, dt, bn)
         if self.image_size == 32:
-            self.img_code_s8_1 = Block3x3LeakyReLU(8 * ndf, dtype=dt)
+            self.img_code_s8_1 = Block3x3LeakyReLU(8 * ndf, dt, bn)
         if self.image_size >= 128:
-            self.img_code_s32 = DownBlock(16 * ndf, dtype=dt)
+            self.img_code_s32 = DownBlock(16 * ndf, dt, bn)
         if self.image_size == 128:
-            self.img_code_s32_1 = Block3x3LeakyReLU(8 * ndf, dtype=dt)
+            self.img_code_s32_1 = Block3x3LeakyReLU(8 * ndf, dt, bn)
         if self.image_size == 256:
-            self.img_code_s64 = DownBlock(32 * ndf, dtype=dt)
-            self.img_code_s64_1 = Block3x3LeakyReLU(16 * ndf, dtype=dt)
-            self.img_code_s64_2 = Block3x3LeakyReLU(8 * ndf, dtype=dt)
-        self.uncond = LogitsHead(ndf, conditional=False, dtype=dt)
-        self.cond = LogitsHead(ndf, conditional=True, dtype=dt)
+            self.img_code_s64 = DownBlock(32 * ndf, dt, bn)
+            self.img_code_s64_1 = Block3x3LeakyReLU(16 * ndf, dt, bn)
+            self.img_code_s64_2 = Block3x3LeakyReLU(8 * ndf, dt, bn)
+        self.uncond = LogitsHead(ndf, conditional=False, dtype=dt, batchnorm=bn)
+        self.cond = LogitsHead(ndf, conditional=True, dtype=dt, batchnorm=bn)
 
     def __call__(self, images: Array, train: bool) -> Array:
         """images [B, S, S, 3] in [-1, 1] -> features [B, 4, 4, 8*df]."""

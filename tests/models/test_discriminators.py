@@ -74,6 +74,30 @@ def test_32px_layout():
     assert set(p) == {"img_code_s16", "img_code_s8_1", "uncond", "cond"}
 
 
+def test_without_batchnorm():
+    """discriminator_batchnorm=False (an option): the same convolutions without `bn` entries or
+    batch statistics, and in train mode each sample's features no longer depend on the rest of
+    the batch."""
+    m = shapes.get_config("test").model
+    official = Discriminator(64, m.df_dim)
+    with_bn = jax.eval_shape(
+        lambda: init_discriminator(official, jax.random.key(0), m.text_embedding_dim)
+    )
+    d = Discriminator(64, m.df_dim, batchnorm=False)
+    v = jax.jit(lambda r: init_discriminator(d, r, m.text_embedding_dim))(jax.random.key(0))
+    assert set(v) == {"params"}
+
+    def paths(tree):
+        return {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(tree)}
+
+    bn_paths = paths(with_bn["params"])
+    assert paths(v["params"]) == {p for p in bn_paths if "'bn'" not in p}
+    assert len(bn_paths) > len(paths(v["params"]))
+    images = np.random.default_rng(0).uniform(-1, 1, size=(B, 64, 64, 3)).astype(np.float32)
+    apply = jax.jit(lambda x: d.apply(v, x, train=True))
+    np.testing.assert_allclose(apply(images)[:1], apply(images[:1]), rtol=1e-5, atol=1e-6)
+
+
 def test_bad_inputs_are_named():
     with pytest.raises(ValueError, match="image_size"):
         Discriminator(48, 4).init(jax.random.key(0), jnp.zeros((1, 48, 48, 3)), train=False)
