@@ -100,9 +100,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"config.backbone_pretrain.num_images={bp.num_images}: expected at most "
             f"data.shapes.num_train={config.data.shapes.num_train} (it uses the train split)"
         )
-    noise = config.model.ca_noise_scale
-    if not isinstance(noise, (int, float)) or isinstance(noise, bool) or noise < 0:
-        raise ConfigError(f"config.model.ca_noise_scale={noise!r}: expected a number >= 0")
+    for section, key in (("model", "ca_noise_scale"), ("train", "r1_gamma")):
+        value = config[section][key]
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+            raise ConfigError(f"config.{section}.{key}={value!r}: expected a number >= 0")
     if config.train.lambda1 < 0:
         raise ConfigError(f"config.train.lambda1={config.train.lambda1}: expected >= 0")
     if not isinstance(config.model.discriminator_batchnorm, bool):
@@ -110,9 +111,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"config.model.discriminator_batchnorm={config.model.discriminator_batchnorm!r}: "
             "expected True or False"
         )
-    r1 = config.train.r1_gamma
-    if not isinstance(r1, (int, float)) or isinstance(r1, bool) or r1 < 0:
-        raise ConfigError(f"config.train.r1_gamma={r1!r}: expected a number >= 0")
 
 
 def image_sizes(config: ml_collections.ConfigDict) -> tuple[int, ...]:
