@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One prepared GPU benchmark run (CUB config, full iteration): several (dtype, batch) variants
 # started side by side, so that their initialisation and compilation overlap; they time their
-# steps one after another (MIRRORGAN_BENCH_TURNS in mirrorgan_jax/benchmark.py). Then sampling.
+# steps one after another (MIRRORGAN_BENCH_TURNS in mirrorgan_jax/tools/benchmark.py). Then sampling.
 # Writes to $OUT (or ./gpu_bench): results.jsonl (the benchmark's JSON lines), summary.md (table
 # with MFU against the chip's dense bf16 peak), gpu.txt (card, library versions), log.txt
 # (every run's stderr, with timestamped progress lines).
@@ -31,7 +31,7 @@ bench() {  # config dtype batch what memory_fraction [extra flags]
   local cfg=$1 dtype=$2 batch=$3 what=$4 frac=$5
   shift 5
   echo "=== $(date +%T) start $cfg $dtype batch $batch $what" >>"$LOG"
-  XLA_PYTHON_CLIENT_MEM_FRACTION=$frac timeout "$LIMIT" python3 -m mirrorgan_jax.benchmark \
+  XLA_PYTHON_CLIENT_MEM_FRACTION=$frac timeout "$LIMIT" python3 -m mirrorgan_jax.tools.benchmark \
     --config="$cfg" --what="$what" --steps="$STEPS" --config.mixed_precision="$dtype" \
     --config.train.batch_size="$batch" "$@" 2>&1 | sed -u "s/^/[$dtype $batch] /" \
     | tee -a "$LOG" | grep --line-buffered '^\[[a-z0-9 ]*\] {' | sed -u 's/^\[[^]]*\] //' \

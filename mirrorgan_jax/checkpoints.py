@@ -17,17 +17,20 @@ Safety:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import signal
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+
+from mirrorgan_jax.parallel import abstract_like
 
 log = logging.getLogger(__name__)
 
@@ -135,20 +138,18 @@ def meta_differences(saved: Mapping[str, Any], expected: Mapping[str, Any]) -> l
     return diffs
 
 
-def abstract_like(tree: Any, sharding: jax.sharding.Sharding | None = None) -> Any:
-    """ShapeDtypeStruct tree for `restore` (from arrays or `jax.eval_shape` output).
+@dataclasses.dataclass(frozen=True)
+class LegacyLayout:
+    """A state layout that earlier code saved, and how to read it into today's.
 
-    sharding: put every leaf on this sharding (e.g. `parallel.replicated(mesh)`); None keeps
-    each leaf's own sharding (concrete arrays) or leaves it unset.
+    keys: the top-level keys of the saved tree that identify the layout.
+    target: the restore target in that layout (its leaves those of today's target).
+    convert: restored tree in that layout -> today's state.
     """
 
-    def one(x):
-        if not hasattr(x, "shape"):
-            return x  # Python scalars are restored as saved
-        s = sharding if sharding is not None else getattr(x, "sharding", None)
-        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
-
-    return jax.tree.map(one, tree)
+    keys: frozenset[str]
+    target: Any
+    convert: Callable[[Any], Any]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,7 +207,12 @@ class Checkpointer:
             enable_async_checkpointing=async_save,
         )
         self._manager = ocp.CheckpointManager(
-            self.directory, item_names=("state", "meta"), options=options
+            self.directory,
+            options=options,
+            item_handlers={
+                "state": ocp.StandardCheckpointHandler(),
+                "meta": ocp.JsonCheckpointHandler(),
+            },
         )
 
     # -- queries ---------------------------------------------------------------------------
@@ -276,17 +282,27 @@ class Checkpointer:
         )
 
     # -- restore ---------------------------------------------------------------------------
+    def _saved_keys(self, step: int) -> frozenset[str]:
+        """The top-level keys of the state saved at `step`."""
+        return frozenset(self._manager.item_metadata(step)["state"].keys())
+
     def restore(
-        self, step: int | None, target: Any, expected_meta: Mapping[str, Any] | None = None
+        self,
+        step: int | None,
+        target: Any,
+        expected_meta: Mapping[str, Any] | None = None,
+        legacy: Sequence[Callable[[Any], LegacyLayout]] = (),
     ) -> tuple[Any, dict[str, Any]]:
         """Restore `step` (None: latest) onto `target`.
 
         target: a pytree of the state's type whose leaves are `jax.ShapeDtypeStruct`s with the
-          wanted shardings (see `abstract_like`), or concrete arrays (their shardings are
-          used). The device count may differ from the one that saved.
+          wanted shardings (see `parallel.abstract_like`), or concrete arrays (their shardings
+          are used). The device count may differ from the one that saved.
         expected_meta: entries the saved meta must hold with equal values, e.g.
           {"model": config.model.to_dict()}; each top-level key is compared as a whole
           (nested keys dotted in the error); other saved keys (step, data position) are free.
+        legacy: functions target -> `LegacyLayout` of earlier layouts of the same state; a
+          checkpoint saved in one of them is restored in it and converted.
         Returns (state, meta) where meta is the dict given to `save`.
         Raises FileNotFoundError when there is no checkpoint, ConfigMismatchError (the
         constructor's model_config or expected_meta differs from what was saved).
@@ -311,13 +327,21 @@ class Checkpointer:
         abstract = jax.tree.map(
             lambda x: x if isinstance(x, jax.ShapeDtypeStruct) else abstract_like(x), target
         )
+        convert = None
+        if legacy:
+            saved = self._saved_keys(step)
+            for layout in (make(abstract) for make in legacy):
+                if layout.keys == saved:
+                    abstract, convert = layout.target, layout.convert
+                    log.info("%s step %d: reading an earlier state layout", self.directory, step)
         r = self._manager.restore(
             step,
             args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
             ),
         )
-        return r.state, dict(r.meta.get("user", {}))
+        state = r.state if convert is None else convert(r.state)
+        return state, dict(r.meta.get("user", {}))
 
     # -- lifecycle -------------------------------------------------------------------------
     def wait_until_finished(self) -> None:

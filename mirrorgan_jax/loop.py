@@ -40,6 +40,7 @@ class StageSpec:
     log_every: int
     meta: dict  # saved with every checkpoint (config fingerprint of the networks ...)
     loss_keys: tuple[str, ...]  # metrics checked for finiteness
+    legacy: tuple = ()  # earlier state layouts a resume reads (`Checkpointer.restore`)
 
 
 def run_stage(
@@ -59,7 +60,9 @@ def run_stage(
         start = ckpt.latest_step()
         meta = {}
         if start is not None:
-            state, meta = ckpt.restore(start, abstract_state, expected_meta=spec.meta)
+            state, meta = ckpt.restore(
+                start, abstract_state, expected_meta=spec.meta, legacy=spec.legacy
+            )
             logging.info("%s: resumed from step %d", spec.name, start)
         else:
             start = 0

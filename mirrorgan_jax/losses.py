@@ -1,13 +1,14 @@
-"""Training objectives: adversarial BCE, KL, STREAM caption cross-entropy and the DAMSM losses.
+"""Training objectives: adversarial BCE, KL, STREAM caption cross-entropy, the DAMSM losses
+and the `shapes` attribute-classifier loss.
 
-Pure functions of arrays; every weight (lambda, gamma) is an argument and nothing reads a config.
-All losses are computed in float32 whatever the input dtype. References:
-  * adversarial / KL: `qiaott/MirrorGAN:miscc/losses.py` (SPEC section 8, 3);
-  * DAMSM word / sentence losses: `taoxugit/AttnGAN:code/miscc/losses.py` (`words_loss`,
-    `sent_loss`, `cosine_similarity`) and `code/GlobalAttention.py` (`func_attention`) (SPEC 8b).
-
-`kl_loss` (official KL_loss) and `caption_cross_entropy` (STREAM loss, mean over the
-sum(lengths) valid tokens) are re-exported from models/generator.py and models/captioner.py.
+Pure functions of arrays; every weight (lambda, gamma) is an argument, nothing reads a config
+and nothing here knows a model. All losses are computed in float32 whatever the input dtype.
+References:
+  * adversarial / KL: `qiaott/MirrorGAN miscc/losses.py` (`discriminator_loss`,
+    `generator_loss`, `KL_loss`);
+  * STREAM: `qiaott/MirrorGAN trainer.py` (the caption cross-entropy of `generator_loss`);
+  * DAMSM word / sentence losses: `taoxugit/AttnGAN code/miscc/losses.py` (`words_loss`,
+    `sent_loss`, `cosine_similarity`) and `code/GlobalAttention.py` (`func_attention`).
 
 The discriminators of this port return LOGITS; the official heads end in a Sigmoid followed by
 `nn.BCELoss`. `bce_with_logits` reproduces that composition (see its docstring for the float32
@@ -20,22 +21,7 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
-
-# Defined next to the modules that produce their inputs; re-exported here so that every
-# training objective is importable from one place.
-from mirrorgan_jax.models.captioner import caption_cross_entropy
-from mirrorgan_jax.models.generator import kl_divergence as kl_loss
-
-__all__ = [
-    "bce_with_logits",
-    "caption_cross_entropy",
-    "damsm_sentence_loss",
-    "damsm_word_loss",
-    "discriminator_loss",
-    "discriminator_loss_terms",
-    "generator_adversarial_loss",
-    "kl_loss",
-]
+import optax
 
 Array = jax.Array
 BceMode = Literal["official", "stable"]
@@ -144,7 +130,7 @@ def discriminator_loss(
     cond_wrong: Array,
     mode: BceMode = "official",
 ) -> Array:
-    """Official per-stage D loss (SPEC 8); arguments as `discriminator_loss_terms`. Scalar."""
+    """Official per-stage D loss; arguments as `discriminator_loss_terms`. Scalar."""
     return discriminator_loss_terms(
         uncond_real, cond_real, uncond_fake, cond_fake, cond_wrong, mode
     )["loss"]
@@ -158,6 +144,44 @@ def generator_adversarial_loss(
     uncond_fake, cond_fake: [B] logits of the (not detached) fakes through the updated D.
     """
     return bce_with_logits(uncond_fake, 1.0, mode) + bce_with_logits(cond_fake, 1.0, mode)
+
+
+def kl_loss(mu: Array, logvar: Array) -> Array:
+    """The official KL_loss: -0.5 * mean(1 + logvar - mu^2 - exp(logvar)) over all elements."""
+    mu = mu.astype(jnp.float32)
+    logvar = logvar.astype(jnp.float32)
+    return -0.5 * jnp.mean(1.0 + logvar - jnp.square(mu) - jnp.exp(logvar))
+
+
+def caption_cross_entropy(logits: Array, tokens: Array, lengths: Array) -> Array:
+    """Official STREAM caption loss: cross-entropy averaged over the sum(lengths) valid tokens.
+
+    logits [B, T, V] (from CaptionRNN), tokens int [B, T], lengths int [B] -> scalar float32.
+    Equals `nn.CrossEntropyLoss()(packed_logits, packed_targets)` of the official code.
+    """
+    t = tokens.shape[1]
+    mask = (jnp.arange(t)[None, :] < lengths[:, None]).astype(jnp.float32)  # [B, T]
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # [B, T, V]
+    nll = -jnp.take_along_axis(logp, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    return jnp.sum(nll * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def attribute_classifier_loss(logits: tuple[Array, ...], targets: Array) -> tuple[Array, Array]:
+    """Sum over attribute fields of the mean cross-entropy over the rows where the field is
+    defined (the `shapes` attribute classifier and the backbone pretraining heads).
+
+    logits: one [B, classes] array per field; targets int [B, fields] (-1 = undefined).
+    Returns (loss, per-field accuracy [fields] over defined rows).
+    """
+    total, accs = 0.0, []
+    for k, lg in enumerate(logits):
+        t = targets[:, k]
+        valid = t >= 0
+        n = jnp.maximum(valid.sum(), 1)
+        ce = optax.softmax_cross_entropy_with_integer_labels(lg, jnp.maximum(t, 0))
+        total = total + jnp.sum(jnp.where(valid, ce, 0.0)) / n
+        accs.append(jnp.sum(valid & (jnp.argmax(lg, -1) == t)) / n)
+    return total, jnp.stack(accs)
 
 
 # ---------------------------------------------------------------------------------------------

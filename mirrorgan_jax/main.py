@@ -1,4 +1,4 @@
-"""Entry point: flags, then dispatch by --mode to the library functions.
+"""Entry point: flags -> `run.run` (or `run.describe`), which dispatches by --mode.
 
 python -m mirrorgan_jax.main --config=configs/shapes.py --workdir=runs/shapes [--mode=all]
 """
@@ -12,6 +12,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+
+from mirrorgan_jax import configuration, parallel, run  # noqa: E402
 
 MODES = (
     "all",
@@ -53,8 +55,6 @@ def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.get_absl_handler().addFilter(_QuietLibraries())
-    from mirrorgan_jax import configuration
-
     config = _CONFIG.value
     configuration.validate(config)
     mode = _MODE.value
@@ -63,18 +63,12 @@ def main(argv) -> None:
         raise app.UsageError(f"--workdir is required for --mode={mode}")
 
     if mode == "describe":
-        from mirrorgan_jax.describe import describe
-
-        describe(config, workdir)
+        run.describe(config, workdir)
         return
 
     if mode != "prepare":  # prepare runs on one host (worker 0) and must not wait for others
-        from mirrorgan_jax import parallel
-
         parallel.maybe_initialize_distributed()
-    from mirrorgan_jax import pipeline
-
-    pipeline.run(
+    run.run(
         mode,
         config,
         workdir,

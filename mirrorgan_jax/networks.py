@@ -1,8 +1,9 @@
-"""Every network of the system built from one config, with dummy-input initialisers.
+"""Every network of the system built from one config: the only place a ConfigDict meets a module.
 
-`Networks.from_config(config, n_words)` gives the modules; `init_*` create their variables
-(with `abstract=True`, only shapes via `jax.eval_shape`, no memory or compute), which is what
-training, weight import, checkpoint restore and `--mode=describe` all start from.
+`Networks.from_config(config, n_words)` gives the modules, built from plain typed fields read
+once here; `init_*` create their variables (with `abstract=True`, only shapes via
+`jax.eval_shape`, no memory or compute), which is what training, weight import, checkpoint
+restore and `--mode=describe` all start from.
 """
 
 from __future__ import annotations
@@ -10,23 +11,49 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import jax
 import jax.numpy as jnp
+import ml_collections
 
 from mirrorgan_jax import configuration
-from mirrorgan_jax.models.layers import jit_init
+from mirrorgan_jax.models.captioner import CaptionCNN, CaptionRNN
+from mirrorgan_jax.models.discriminators import Discriminator, init_discriminator
+from mirrorgan_jax.models.generator import Generator
+from mirrorgan_jax.models.image_encoder import ImageEncoder
+from mirrorgan_jax.models.layers import fast_init_key
+from mirrorgan_jax.models.text_encoder import TextEncoder
+from mirrorgan_jax.parallel import jit_or_shapes
 
 Variables = dict[str, Any]
 
 
+def image_sizes(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+    """Image size of every generator stage, smallest first (e.g. (64, 128, 256))."""
+    return tuple(config.model.base_size * 2**i for i in range(config.model.branch_num))
+
+
+def compute_dtype(config: ml_collections.ConfigDict):
+    """Activation dtype: bfloat16 under mixed precision, else float32."""
+    return jnp.bfloat16 if config.mixed_precision == "bfloat16" else jnp.float32
+
+
+def _n_words(config: ml_collections.ConfigDict, n_words: int | None) -> int:
+    n = n_words or config.model.n_words
+    if not n:
+        raise configuration.ConfigError(
+            "config.model.n_words is 0 and no tokenizer was given: run --mode=prepare first or "
+            "set --config.model.n_words"
+        )
+    return int(n)
+
+
 @dataclasses.dataclass(frozen=True)
 class Networks:
-    text_encoder: Any
-    generator: Any
-    discriminators: tuple
-    caption_cnn: Any
-    caption_rnn: Any
-    image_encoder: Any
+    text_encoder: TextEncoder  # STEM: the bidirectional-LSTM text encoder
+    generator: Generator  # GLAM generator with conditioning augmentation
+    discriminators: tuple[Discriminator, ...]  # one per generator stage, smallest first
+    caption_cnn: CaptionCNN  # STREAM image encoder
+    caption_rnn: CaptionRNN  # STREAM decoder
+    image_encoder: ImageEncoder  # DAMSM image encoder (R-precision, DAMSM pretraining)
     image_sizes: tuple[int, ...]
     words_num: int
     embedding_dim: int
@@ -35,17 +62,51 @@ class Networks:
     @classmethod
     def from_config(cls, config, n_words: int | None = None) -> "Networks":
         configuration.validate(config)
+        m, dtype, sizes = config.model, compute_dtype(config), image_sizes(config)
         return cls(
-            text_encoder=configuration.text_encoder(config, n_words),
-            generator=configuration.generator(config),
-            discriminators=tuple(configuration.discriminators(config)),
-            caption_cnn=configuration.caption_cnn(config),
-            caption_rnn=configuration.caption_rnn(config, n_words),
-            image_encoder=configuration.image_encoder(config),
-            image_sizes=configuration.image_sizes(config),
+            text_encoder=TextEncoder(
+                n_words=_n_words(config, n_words),
+                word_embedding_dim=m.word_embedding_dim,
+                hidden_dim=m.text_embedding_dim,
+                dropout=m.text_dropout,
+            ),
+            generator=Generator(
+                gf_dim=m.gf_dim,
+                z_dim=m.z_dim,
+                condition_dim=m.condition_dim,
+                r_num=m.r_num,
+                branch_num=m.branch_num,
+                base_size=m.base_size,
+                word_attention_mask=m.word_attention_mask,
+                sentence_attention_softmax=m.sentence_attention_softmax,
+                sentence_attention=m.sentence_attention,
+                ca_noise_scale=m.ca_noise_scale,
+                dtype=dtype,
+            ),
+            discriminators=tuple(
+                Discriminator(
+                    image_size=s, df_dim=m.df_dim, dtype=dtype, batchnorm=m.discriminator_batchnorm
+                )
+                for s in sizes
+            ),
+            caption_cnn=CaptionCNN(
+                backbone=m.stream_backbone,
+                embed_size=m.stream_embed_size,
+                image_size=m.stream_image_size,
+            ),
+            # The official decoder's LSTM is twice CAP.hidden_size wide.
+            caption_rnn=CaptionRNN(
+                n_words=_n_words(config, n_words),
+                embed_size=m.stream_embed_size,
+                hidden_size=2 * m.stream_hidden_size,
+            ),
+            image_encoder=ImageEncoder(
+                backbone=m.damsm_backbone, nef=m.text_embedding_dim, image_size=m.damsm_image_size
+            ),
+            image_sizes=sizes,
             words_num=config.data.words_num,
-            embedding_dim=config.model.text_embedding_dim,
-            z_dim=config.model.z_dim,
+            embedding_dim=m.text_embedding_dim,
+            z_dim=m.z_dim,
         )
 
     # Dummy inputs: batch 2 (BatchNorm needs > 1 sample), T = words_num.
@@ -55,9 +116,8 @@ class Networks:
         return tokens, lengths
 
     def _init(self, fn, rng, abstract: bool) -> Variables:
-        if abstract:
-            return jax.eval_shape(fn, rng)
-        return jit_init(fn, rng)
+        # One jitted program per network, with the fast initialiser key (models.layers).
+        return jit_or_shapes(lambda r: fn(fast_init_key(r)), rng, abstract=abstract)
 
     def init_text_encoder(self, rng, abstract: bool = False) -> Variables:
         tokens, lengths = self._text()
@@ -82,8 +142,6 @@ class Networks:
 
     def init_discriminator(self, index: int, rng, abstract: bool = False) -> Variables:
         """Trunk and both heads (`discriminators.init_discriminator` merges the three inits)."""
-        from mirrorgan_jax.models.discriminators import init_discriminator
-
         d = self.discriminators[index]
         return self._init(lambda r: init_discriminator(d, r, self.embedding_dim), rng, abstract)
 
@@ -105,8 +163,3 @@ class Networks:
             rng,
             abstract,
         )
-
-
-def count_params(variables: Variables) -> int:
-    """Number of trainable values ('params' collection; BN running statistics are buffers)."""
-    return int(sum(x.size for x in jax.tree.leaves(variables.get("params", {}))))

@@ -1,4 +1,4 @@
-"""Metric writers (TensorBoard + metrics.jsonl + console) and per-network norm summaries."""
+"""Metric writers of a stage: TensorBoard events, metrics.jsonl and the console."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import os
 from typing import Any, Mapping
 
 import jax
-import numpy as np
 from clu import metric_writers
 from clu.metric_writers import interface
 
@@ -63,14 +62,3 @@ def make_writer(stage_dir: str) -> metric_writers.MetricWriter:
             metric_writers.LoggingWriter(),
         ]
     )
-
-
-def parameter_overview(name: str, params) -> str:
-    """A short table of a network's parameter shapes and total count."""
-    flat = jax.tree_util.tree_leaves_with_path(params)
-    lines = [f"{name}: {sum(int(np.prod(x.shape)) for _, x in flat):,} parameters"]
-    for path, x in flat[:200]:
-        lines.append(f"  {jax.tree_util.keystr(path):<70} {tuple(x.shape)}")
-    if len(flat) > 200:
-        lines.append(f"  ... {len(flat) - 200} more")
-    return "\n".join(lines)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -130,9 +130,32 @@ def replicate(mesh: Mesh, tree: Any) -> Any:
     return jax.tree.map(put, tree)
 
 
-def shardings_like(tree: Any, sharding: NamedSharding) -> Any:
-    """A tree of `sharding`, matching `tree` (for jit in/out_shardings or abstract targets)."""
-    return jax.tree.map(lambda _: sharding, tree)
+def jit_or_shapes(fn: Callable[..., Any], *args: Any, abstract: bool = False) -> Any:
+    """`fn(*args)` as one jitted program, or with `abstract=True` only the shapes and dtypes
+    of its result (`jax.eval_shape`: no memory, no compute), e.g. a restore target."""
+    return jax.eval_shape(fn, *args) if abstract else jax.jit(fn)(*args)
+
+
+def abstract_like(tree: Any, sharding: jax.sharding.Sharding | None = None) -> Any:
+    """ShapeDtypeStruct tree of `tree` (arrays or `jax.eval_shape` output), a restore target.
+
+    sharding: put every leaf on this sharding (e.g. `replicated(mesh)`); None keeps each
+    leaf's own sharding (concrete arrays) or leaves it unset.
+    """
+
+    def one(x):
+        if not hasattr(x, "shape"):
+            return x  # Python scalars are restored as saved
+        s = sharding if sharding is not None else getattr(x, "sharding", None)
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
+
+    return jax.tree.map(one, tree)
+
+
+def abstract_replicated(mesh: Mesh, tree: Any) -> Any:
+    """`tree`'s shapes held whole on every device of `mesh`: the target a train state is
+    restored onto."""
+    return abstract_like(tree, replicated(mesh))
 
 
 def detect_cluster(env: Mapping[str, str] | None = None) -> str | None:

@@ -1,7 +1,7 @@
 """`--mode=sample`: captions -> images of every stage, word-attention maps and a gallery.
 
-Restores only what sampling needs (the EMA generator with its BN statistics, the text encoder
-and the tokenizer) from the workdir, onto whatever devices this machine has.
+Samples with the generator's EMA parameters and BN statistics, the text encoder and the
+tokenizer of the workdir, restored onto whatever devices this machine has.
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ import jax
 import numpy as np
 from absl import logging
 
-from mirrorgan_jax import parallel, pipeline, stages, train_gan, visualize
+from mirrorgan_jax import parallel, visualize
+from mirrorgan_jax import workdir as wd
+from mirrorgan_jax.train import damsm, gan
 
 
 class SamplingError(ValueError):
@@ -39,24 +41,6 @@ def read_captions(captions_file: str | None, text: list[str]) -> list[str]:
     return captions
 
 
-def load_generator(config, workdir: str, nets, mesh):
-    """(EMA params, G BN statistics, text-encoder variables) restored from the workdir."""
-    gan_dir = os.path.join(workdir, "gan")
-    if not os.path.isdir(os.path.join(gan_dir, "checkpoints")):
-        raise SamplingError(
-            f"{gan_dir}/checkpoints does not exist: train first (--mode=train) or import a "
-            "generator (--mode=import_torch)"
-        )
-    meta = {"model": pipeline.model_fingerprint(config)}
-    hyper = train_gan.GanHyper.from_config(config)
-    abstract = stages._abstract(
-        mesh, train_gan.init_gan_state(nets, hyper, jax.random.key(0), abstract=True)
-    )
-    gan, step = stages.restore_final(gan_dir, abstract, meta, "generator")
-    damsm = stages.restore_damsm(config, workdir, nets, mesh)
-    return gan.ema_params, gan.g_batch_stats, {"params": damsm.params["text"]}, step
-
-
 def run(
     config,
     workdir: str,
@@ -68,15 +52,21 @@ def run(
 ) -> dict:
     """Draws `num_samples` images per caption; writes PNGs, attention maps, grid, index.html."""
     if captions is None and not text:
-        captions_list = stages.fixed_captions(
-            config, workdir, pipeline.load_tokenizer(config, workdir), 8
-        )[0]
+        captions_list = wd.fixed_captions(config, workdir, wd.load_tokenizer(config, workdir))[0]
     else:
         captions_list = read_captions(captions, text or [])
+    gan_dir = wd.stage_dir(workdir, "gan")
+    if not os.path.isdir(os.path.join(gan_dir, "checkpoints")):
+        raise SamplingError(
+            f"{gan_dir}/checkpoints does not exist: train first (--mode=train) or import a "
+            "generator (--mode=import_torch)"
+        )
     mesh = parallel.make_mesh()
-    nets, tok = pipeline.networks(config, workdir)
-    g_params, g_stats, text_vars, step = load_generator(config, workdir, nets, mesh)
-    frozen = train_gan.Frozen(text_encoder=text_vars, caption_cnn=None, caption_rnn=None)
+    nets, tok = wd.load_networks(config, workdir)
+    gan_state, step = wd.restore_gan(config, workdir, nets, mesh)
+    g_vars = gan_state.generator.ema_variables()
+    text_vars = damsm.text_encoder_variables(wd.restore_damsm(config, workdir, nets, mesh))
+    frozen = gan.Frozen(text_encoder=text_vars, caption_cnn=None, caption_rnn=None)
     num = num_samples or config.sample.num_samples
     out = out or os.path.join(workdir, "samples")
     os.makedirs(out, exist_ok=True)
@@ -94,7 +84,7 @@ def run(
         bad = [c for c, n in zip(captions_list, lengths) if n == 0]
         raise SamplingError(f"captions with no known word (nothing to condition on): {bad}")
 
-    gen = jax.jit(lambda t, ln, r: train_gan.generate(nets, g_params, g_stats, frozen, t, ln, r))
+    gen = jax.jit(lambda t, ln, r: gan.generate(nets, g_vars, frozen, t, ln, r))
     entries, last_stage = [], []
     for k in range(num):
         outputs = gen(tokens, lengths, jax.random.fold_in(rng, k))

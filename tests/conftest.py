@@ -13,12 +13,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # order: starting these first leaves the many short modules to fill in at the end, instead of
 # one worker running the end-to-end module alone after the other has finished.
 _SLOW_MODULES = (
-    "test_end_to_end.py",
-    "test_train_gan.py",
+    "test_run.py",
+    "test_gan.py",
     "test_benchmark.py",
-    "test_shapes_metrics.py",
-    "test_import_torch.py",
-    "test_evaluate_inception.py",
+    "test_shapes_classifier.py",
+    "test_import_all.py",
+    "test_evaluate.py",
 )
 
 

@@ -9,14 +9,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mirrorgan_jax import checkpoints as ck
 from mirrorgan_jax import parallel
-from mirrorgan_jax import train_state as ts
 from mirrorgan_jax.models.layers import TorchBatchNorm
+from mirrorgan_jax.parallel import abstract_like
+from mirrorgan_jax.train.state import GeneratorState
 
 
 class _Net(nn.Module):
@@ -30,9 +32,11 @@ class _Net(nn.Module):
 _NET = _Net()
 
 
-def _make_state(seed: int = 0) -> ts.GeneratorTrainState:
+def _make_state(seed: int = 0) -> GeneratorState:
     v = _NET.init(jax.random.key(seed), jnp.ones((2, 4)), False)
-    return ts.create_generator_state(_NET.apply, v, learning_rate=1e-3)
+    return GeneratorState.create(
+        params=v["params"], tx=optax.adam(1e-3), batch_stats=v["batch_stats"]
+    )
 
 
 @jax.jit
@@ -59,8 +63,8 @@ def test_round_trip_and_restore_sharded_onto_8_devices(tmp_path, state):
         c.wait_until_finished()
         assert c.latest_step() == 10
         # Same layout.
-        restored, meta = c.restore(None, ck.abstract_like(state))
-        assert isinstance(restored, ts.GeneratorTrainState)
+        restored, meta = c.restore(None, abstract_like(state))
+        assert isinstance(restored, GeneratorState)
         _assert_tree_equal(restored, state)
         assert meta == {"data_position": 123, "rng": [1, 2]}
         assert restored.ema_decay == state.ema_decay
@@ -80,7 +84,7 @@ def test_round_trip_and_restore_sharded_onto_8_devices(tmp_path, state):
     _assert_tree_equal(restored, state)
     kernel = restored.params["Dense_1"]["kernel"]
     assert kernel.sharding.spec == P(None, "data") and len(kernel.addressable_shards) == 8
-    assert restored.opt_state.hyperparams["learning_rate"].sharding.is_fully_replicated
+    assert restored.opt_state[0].count.sharding.is_fully_replicated
     # Training continues on the sharded state.
     nxt = _step(restored)
     assert int(nxt.step) == 2
@@ -103,7 +107,7 @@ def test_keep_last_n_and_interval(tmp_path):
         c.wait_until_finished()
         assert c.all_steps() == [5, 6]
         assert not c.save(6, small, force=True)  # existing step: never overwritten
-        out, meta = c.restore(None, ck.abstract_like(small))
+        out, meta = c.restore(None, abstract_like(small))
         np.testing.assert_array_equal(out["w"], [6.0, 7.0, 8.0])
         assert meta == {}
 
@@ -129,7 +133,7 @@ def test_non_finite_refused_previous_kept(tmp_path, state):
         c.wait_until_finished()
         assert c.all_steps() == [1]
         assert sorted(os.listdir(tmp_path)) == ["1"]  # nothing partial left behind
-        restored, _ = c.restore(None, ck.abstract_like(state))
+        restored, _ = c.restore(None, abstract_like(state))
         _assert_tree_equal(restored, state)
     assert ck.first_non_finite({"k": jax.random.key(0), "n": jnp.arange(2)}) is None
 
@@ -143,7 +147,7 @@ def test_config_mismatch(tmp_path):
     other = {"gf_dim": 64, "branch_num": 3, "sub": {"a": 2}, "z_dim": 100}
     c2 = ck.Checkpointer(tmp_path, model_config=other)
     with pytest.raises(ck.ConfigMismatchError) as e:
-        c2.restore(None, ck.abstract_like(small))
+        c2.restore(None, abstract_like(small))
     msg = str(e.value)
     assert "gf_dim: checkpoint 32, current 64" in msg
     assert "sub.a: checkpoint 1, current 2" in msg
@@ -155,7 +159,7 @@ def test_config_mismatch(tmp_path):
     assert ck.Checkpointer(tmp_path).all_steps() == [1]
     # Same config (tuples vs lists do not matter) restores.
     same = ck.Checkpointer(tmp_path, model_config={"gf_dim": 32, "branch_num": 3, "sub": {"a": 1}})
-    out, _ = same.restore(1, ck.abstract_like(small))
+    out, _ = same.restore(1, abstract_like(small))
     np.testing.assert_array_equal(out["w"], 1.0)
     with pytest.raises(TypeError, match="not JSON-serialisable"):
         same.save(2, small, {"bad": object()})
@@ -170,18 +174,18 @@ def test_keys_added_later_default_to_the_old_behaviour(tmp_path):
         c.save(1, small, {"model": {"gf_dim": 32}})
     c = ck.Checkpointer(tmp_path)
     c.restore(
-        1, ck.abstract_like(small), expected_meta={"model": {"gf_dim": 32, "ca_noise_scale": 1.0}}
+        1, abstract_like(small), expected_meta={"model": {"gf_dim": 32, "ca_noise_scale": 1.0}}
     )
     with pytest.raises(
         ck.ConfigMismatchError, match=r"model.ca_noise_scale: checkpoint 1.0, current 0.0"
     ):
         c.restore(
             1,
-            ck.abstract_like(small),
+            abstract_like(small),
             expected_meta={"model": {"gf_dim": 32, "ca_noise_scale": 0.0}},
         )
     with pytest.raises(ck.ConfigMismatchError, match=r"model.z_dim: checkpoint '<absent>'"):
-        c.restore(1, ck.abstract_like(small), expected_meta={"model": {"gf_dim": 32, "z_dim": 4}})
+        c.restore(1, abstract_like(small), expected_meta={"model": {"gf_dim": 32, "z_dim": 4}})
     c.close()
 
 
@@ -191,12 +195,12 @@ def test_expected_meta_check(tmp_path):
     with ck.Checkpointer(tmp_path) as c:
         c.save(3, small, {"model": model, "step": 3, "data_position": 7})
     c = ck.Checkpointer(tmp_path)
-    out, meta = c.restore(None, ck.abstract_like(small), expected_meta={"model": model})
+    out, meta = c.restore(None, abstract_like(small), expected_meta={"model": model})
     assert meta["data_position"] == 7
     with pytest.raises(ck.ConfigMismatchError) as e:
         c.restore(
             3,
-            ck.abstract_like(small),
+            abstract_like(small),
             expected_meta={"model": {"gf_dim": 48, "sizes": [64, 128]}, "tag": "x"},
         )
     msg = str(e.value)

@@ -314,3 +314,23 @@ def test_damsm_word_loss_gradient_finite(damsm_case):
     )
     assert np.all(np.isfinite(g_img)) and np.all(np.isfinite(g_words))
     assert np.any(g_img != 0) and np.any(g_words != 0)
+
+
+def test_attribute_classifier_loss_skips_undefined_fields():
+    """Per field, the mean cross-entropy over the rows where the target is defined (>= 0),
+    summed over fields; the accuracy likewise."""
+    rng = np.random.default_rng(0)
+    logits = (
+        rng.normal(size=(4, 3)).astype(np.float32),
+        rng.normal(size=(4, 5)).astype(np.float32),
+    )
+    targets = np.array([[0, 4], [2, -1], [1, -1], [-1, 0]], np.int32)
+    loss, acc = losses.attribute_classifier_loss(tuple(map(jnp.asarray, logits)), targets)
+    want_loss, want_acc = 0.0, []
+    for k, lg in enumerate(logits):
+        rows = [b for b in range(4) if targets[b, k] >= 0]
+        logp = lg - np.log(np.sum(np.exp(lg), axis=1, keepdims=True))
+        want_loss += np.mean([-logp[b, targets[b, k]] for b in rows])
+        want_acc.append(np.mean([np.argmax(lg[b]) == targets[b, k] for b in rows]))
+    np.testing.assert_allclose(float(loss), want_loss, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(acc), want_acc, rtol=1e-6)

@@ -9,7 +9,7 @@ import pytest
 
 from configs import cub, shapes
 from mirrorgan_jax import configuration
-from mirrorgan_jax.describe import describe
+from mirrorgan_jax.run import describe
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -11,7 +11,7 @@ from mirrorgan_jax import parallel
 
 
 # A tiny conv + BN model and an SGD step. The 2-process test of the real training step (two
-# `main --mode=train` processes on 127.0.0.1) is in test_end_to_end.py.
+# `main --mode=train` processes on 127.0.0.1) is in test_run.py.
 def build():
     import flax.linen as nn
     import jax.numpy as jnp
@@ -117,15 +117,25 @@ def test_shard_batch_round_trip():
         parallel.shard_batch(mesh, {"tokens": np.zeros((6, 2), np.int32)})
 
 
-def test_replicate_and_shardings_like():
+def test_replicate_and_abstract_replicated():
     mesh = parallel.make_mesh()
-    tree = {"a": np.ones((3, 2), np.float32), "b": [np.arange(4)]}
+    tree = {"a": np.ones((3, 2), np.float32), "b": [np.arange(4, dtype=np.int32)]}
     out = parallel.replicate(mesh, tree)
     for leaf, want in zip(jax.tree.leaves(out), jax.tree.leaves(tree), strict=True):
         assert leaf.sharding.is_fully_replicated and len(leaf.addressable_shards) == 8
         np.testing.assert_array_equal(np.asarray(leaf), want)
-    sh = parallel.shardings_like(tree, parallel.replicated(mesh))
-    assert jax.tree.structure(sh) == jax.tree.structure(tree)
+    abstract = parallel.abstract_replicated(mesh, jax.eval_shape(lambda: tree))
+    assert jax.tree.structure(abstract) == jax.tree.structure(tree)
+    for leaf, want in zip(jax.tree.leaves(abstract), jax.tree.leaves(tree), strict=True):
+        assert isinstance(leaf, jax.ShapeDtypeStruct) and leaf.shape == want.shape
+        assert leaf.sharding.is_fully_replicated and leaf.dtype == want.dtype
+
+
+def test_jit_or_shapes():
+    fn = lambda x: {"y": x * 2.0}
+    assert float(parallel.jit_or_shapes(fn, 3.0)["y"]) == 6.0
+    shapes = parallel.jit_or_shapes(fn, np.ones((2, 5), np.float32), abstract=True)
+    assert isinstance(shapes["y"], jax.ShapeDtypeStruct) and shapes["y"].shape == (2, 5)
 
 
 def test_detect_cluster_and_single_host_noop(monkeypatch):

@@ -30,6 +30,9 @@ ATTRIBUTE_FIELDS = (
     "relation",  # two objects: object0 is (left of, right of, above, below) object1; else -1
 )
 NUM_ATTRIBUTES = len(ATTRIBUTE_FIELDS)
+# The relation index of the same pair described from object1's side (left of <-> right of,
+# above <-> below).
+INVERSE_RELATION: tuple[int, ...] = (1, 0, 3, 2)
 DEVICE_KEYS = ("images", "tokens", "lengths", "class_id", "attributes")
 
 

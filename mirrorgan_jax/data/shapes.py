@@ -33,6 +33,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from mirrorgan_jax.data import schema
+from mirrorgan_jax.data.schema import INVERSE_RELATION, NUM_ATTRIBUTES
+from mirrorgan_jax.data.shapes_captions import generate_captions
 
 COLOURS: tuple[tuple[str, tuple[int, int, int]], ...] = (
     ("red", (220, 40, 40)),
@@ -48,7 +50,6 @@ SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "dia
 SIZES: tuple[str, ...] = ("small", "large")
 POSITIONS: tuple[str, ...] = ("left", "right", "top", "bottom", "centre")
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
-INVERSE_RELATION: tuple[int, ...] = (1, 0, 3, 2)
 BACKGROUNDS: tuple[tuple[str, tuple[int, int, int]], ...] = (
     ("light", (228, 226, 218)),
     ("dark", (42, 46, 56)),
@@ -264,8 +265,6 @@ def render_example(index: int, split: str, seed: int, image_size: int = 64) -> d
     attributes int64 [NUM_ATTRIBUTES], key str, objects list[dict] (colour, shape, size,
     centre_px (x, y), radius_px, rgb), background str).
     """
-    from mirrorgan_jax.data.shapes_captions import generate_captions
-
     scene = sample_scene(index, split, seed)
     captions = generate_captions(scene, _rng(seed, split, index, 1))
     image = render_scene(scene, image_size, [seed, _split_id(split), index, 2])
@@ -298,11 +297,75 @@ def example_key(split: str, index: int) -> str:
 
 def split_captions(split: str, num: int, seed: int) -> list[list[str]]:
     """The captions of the first `num` examples of `split` without rendering (for tokenizers)."""
-    from mirrorgan_jax.data.shapes_captions import generate_captions
-
     return [
         generate_captions(sample_scene(i, split, seed), _rng(seed, split, i, 1)) for i in range(num)
     ]
+
+
+# Values of each attribute field, aligned with schema.ATTRIBUTE_FIELDS (num_objects as the count
+# itself: 0, 1, 2, where 0 never occurs): the classes of an attribute classifier's heads.
+ATTRIBUTE_CLASSES: tuple[int, ...] = tuple(
+    {
+        "num_objects": 3,
+        "colour0": len(COLOURS),
+        "shape0": len(SHAPES),
+        "size0": len(SIZES),
+        "position0": len(POSITIONS),
+        "colour1": len(COLOURS),
+        "shape1": len(SHAPES),
+        "size1": len(SIZES),
+        "relation": len(RELATIONS),
+    }[f]
+    for f in schema.ATTRIBUTE_FIELDS
+)
+_FIELD = {name: i for i, name in enumerate(schema.ATTRIBUTE_FIELDS)}
+
+
+def check_attributes(attributes, what: str) -> np.ndarray:
+    """`attributes` as int64 [N, NUM_ATTRIBUTES], or ValueError naming `what`."""
+    a = np.asarray(attributes)
+    if a.ndim != 2 or a.shape[1] != NUM_ATTRIBUTES or not np.issubdtype(a.dtype, np.integer):
+        raise ValueError(
+            f"{what}: expected integer attributes [N, {NUM_ATTRIBUTES}] "
+            f"(schema.ATTRIBUTE_FIELDS), got {a.dtype} {a.shape}"
+        )
+    return a.astype(np.int64)
+
+
+def canonical_attributes(attributes) -> np.ndarray:
+    """[N, NUM_ATTRIBUTES] with every two-object row in canonical order.
+
+    A two-object scene has two equally true descriptions ("A left of B" = "B right of A",
+    `shapes_captions.swap_objects`), so which object is "object0" cannot be read off the image.
+    In canonical order object0 is the left object of a horizontal pair and the upper object of a
+    vertical pair, so the relation is always "left of" (0) or "above" (2): rows with relation
+    "right of" (1) or "below" (3) get their objects swapped and the relation inverted; other
+    rows are returned unchanged.
+    """
+    a = check_attributes(attributes, "canonical_attributes").copy()
+    rel = a[:, _FIELD["relation"]]
+    swap = (a[:, _FIELD["num_objects"]] == 2) & ((rel == 1) | (rel == 3))
+    for name in ("colour", "shape", "size"):
+        c0, c1 = _FIELD[f"{name}0"], _FIELD[f"{name}1"]
+        a[swap, c0], a[swap, c1] = a[swap, c1], a[swap, c0].copy()
+    inverse = np.asarray(INVERSE_RELATION)
+    a[swap, _FIELD["relation"]] = inverse[rel[swap]]
+    return a
+
+
+def render_dataset(
+    split: str, num: int, seed: int, image_size: int, start: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Examples `start .. start+num-1` of `split`, rendered in memory.
+
+    Returns (images uint8 [num, S, S, 3], canonical attributes int64 [num, NUM_ATTRIBUTES]).
+    """
+    images = np.empty((num, image_size, image_size, 3), np.uint8)
+    attributes = np.empty((num, NUM_ATTRIBUTES), np.int64)
+    for k in range(num):
+        ex = render_example(start + k, split, seed, image_size)
+        images[k], attributes[k] = ex["image"], ex["attributes"]
+    return images, canonical_attributes(attributes)
 
 
 def _encoded_example(args: tuple[int, str, int, int]) -> tuple[str, dict]:
@@ -432,6 +495,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "ATTRIBUTE_CLASSES",
     "BACKGROUNDS",
     "COLOURS",
     "COLOUR_NAMES",
@@ -445,9 +509,12 @@ __all__ = [
     "SPLITS",
     "Scene",
     "ShapeObject",
+    "canonical_attributes",
+    "check_attributes",
     "example_key",
     "generate_records",
     "pair_index",
+    "render_dataset",
     "render_example",
     "render_scene",
     "sample_scene",

@@ -14,7 +14,6 @@ import re
 import numpy as np
 
 from mirrorgan_jax.data import schema
-from mirrorgan_jax.data import shapes as _shapes
 
 CAPTIONS_PER_IMAGE = 10
 
@@ -113,7 +112,7 @@ def generate_captions(scene, rng: np.random.Generator, num: int = CAPTIONS_PER_I
         else:
             a, b, relation = scene.objects[0], scene.objects[1], scene.relation
             if rng.integers(2):  # name object1 first: "b inverse-relation a"
-                a, b, relation = b, a, _shapes.INVERSE_RELATION[relation]
+                a, b, relation = b, a, schema.INVERSE_RELATION[relation]
             text = templates[t].format(
                 a=_object_words(a, rng)["obj"],
                 b=_object_words(b, rng)["obj"],
@@ -186,5 +185,5 @@ def swap_objects(attributes: np.ndarray) -> np.ndarray:
     f = schema.ATTRIBUTE_FIELDS.index
     for name in ("colour", "shape", "size"):
         a[f(f"{name}0")], a[f(f"{name}1")] = a[f(f"{name}1")], a[f(f"{name}0")]
-    a[f("relation")] = _shapes.INVERSE_RELATION[a[f("relation")]]
+    a[f("relation")] = schema.INVERSE_RELATION[a[f("relation")]]
     return a

@@ -8,9 +8,8 @@ ResNet backbone, global average pool, Linear(C -> embed) and BatchNorm1d(momentu
 forcing on the input sequence [feature, E(w_0), ..., E(w_{T-2})]; the logit at step k predicts
 token w_k. There are no <start>/<end> tokens (0 is pad/<end> in the AttnGAN vocabulary), so the
 first prediction is conditioned on the image feature alone. `greedy_decode` is the official
-`sample()`.
+`sample()`. The caption loss is `losses.caption_cross_entropy`.
 
-`caption_cross_entropy` is the official caption loss (mean over the sum(lengths) valid tokens).
 `resize_bilinear` reproduces PyTorch's `F.interpolate(mode='bilinear')` (align_corners False or
 True, never antialiased); the DAMSM image encoder uses it too.
 """
@@ -213,16 +212,3 @@ class CaptionRNN(nn.Module):
             ids.append(pred)
             inputs = self.embed(pred)[:, None, :]
         return jnp.stack(ids, axis=1)  # [B, max_len]
-
-
-def caption_cross_entropy(logits: Array, tokens: Array, lengths: Array) -> Array:
-    """Official STREAM caption loss: cross-entropy averaged over the sum(lengths) valid tokens.
-
-    logits [B, T, V] (from CaptionRNN), tokens int [B, T], lengths int [B] -> scalar float32.
-    Equals `nn.CrossEntropyLoss()(packed_logits, packed_targets)` of the official code.
-    """
-    t = tokens.shape[1]
-    mask = length_mask(lengths, t).astype(jnp.float32)  # [B, T]
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # [B, T, V]
-    nll = -jnp.take_along_axis(logp, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    return jnp.sum(nll * mask) / jnp.maximum(jnp.sum(mask), 1.0)

@@ -37,7 +37,6 @@ __all__ = [
     "NextStageGenerator",
     "ResBlock",
     "UpBlock",
-    "kl_divergence",
     "num_up_blocks",
 ]
 
@@ -54,13 +53,6 @@ def _conv(features: int, kernel: int, dtype: Dtype | None, name: str) -> nn.Conv
         dtype=dtype,
         name=name,
     )
-
-
-def kl_divergence(mu: Array, logvar: Array) -> Array:
-    """The official KL_loss: -0.5 * mean(1 + logvar - mu^2 - exp(logvar)) over all elements."""
-    mu = mu.astype(jnp.float32)
-    logvar = logvar.astype(jnp.float32)
-    return -0.5 * jnp.mean(1.0 + logvar - jnp.square(mu) - jnp.exp(logvar))
 
 
 def num_up_blocks(base_size: int) -> int:

@@ -5,7 +5,7 @@ patched blocks, which keep torchvision's module names: every BasicConv2d `<path>
 `Conv2d_1a_3x3`, `Mixed_5b.branch5x5_2`, `Mixed_7c.branch3x3dbl_3b`) has `<path>.conv.weight`
 [O, I, kh, kw] and `<path>.bn.{weight,bias,running_mean,running_var}` (plus, in newer saves,
 `num_batches_tracked`, which is ignored); the classifier is `fc.weight` [1008, 2048], `fc.bias`
-[1008]. The Flax module (`models.fid_inception.FIDInceptionV3`) uses the same names, so the
+[1008]. The Flax module (`models.inception.FIDInceptionV3`) uses the same names, so the
 conversion walks the module's own variable tree and reads the key each BasicConv2d needs; a
 missing, extra or mis-shaped key is reported by name.
 
@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mirrorgan_jax.models.fid_inception import FID_NUM_CLASSES, FIDInceptionV3
+from mirrorgan_jax import safe_load
+from mirrorgan_jax.models.inception import FID_NUM_CLASSES, FIDInceptionV3
 from mirrorgan_jax.torch_import.common import (
     StateDictReader,
     check_against,
@@ -77,7 +78,5 @@ def load_fid_inception(path: str | os.PathLike) -> dict:
         with np.load(name, allow_pickle=False) as f:
             sd = {k: f[k] for k in f.files}
     else:
-        from mirrorgan_jax import safe_load  # only needed for .pth files
-
         sd = safe_load.load_state_dict(name)
     return fid_inception_variables(sd, source=name)

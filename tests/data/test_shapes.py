@@ -7,6 +7,7 @@ import pytest
 
 from mirrorgan_jax.data import schema, shapes
 from mirrorgan_jax.data import shapes_captions as sc
+from tests.attribute_rows import pair, single
 
 SEED = 7
 F = schema.ATTRIBUTE_FIELDS.index
@@ -202,3 +203,24 @@ def test_tfds_build_matches_the_python_api(built):
         np.testing.assert_array_equal(row["attributes"], ex["attributes"])
         assert row["class_id"] == ex["class_id"]
     assert sorted(len(v) for v in built.captions.values()) == [4, 4, 16]
+
+
+def test_canonical_attributes_matches_swap_objects():
+    rows = np.stack(
+        [
+            single(1, 2, 0, 4),
+            pair(0, 1, 0, 2, 3, 1, 0),  # left of: already canonical
+            pair(0, 1, 0, 2, 3, 1, 1),  # right of -> swapped, left of
+            pair(4, 5, 1, 6, 0, 0, 2),  # above: canonical
+            pair(4, 5, 1, 6, 0, 0, 3),  # below -> swapped, above
+        ]
+    )
+    canon = shapes.canonical_attributes(rows)
+    np.testing.assert_array_equal(canon[[0, 1, 3]], rows[[0, 1, 3]])
+    np.testing.assert_array_equal(canon[2], sc.swap_objects(rows[2]))
+    np.testing.assert_array_equal(canon[4], sc.swap_objects(rows[4]))
+    assert canon[2, F("relation")] == 0 and canon[4, F("relation")] == 2
+    np.testing.assert_array_equal(shapes.canonical_attributes(canon), canon)  # idempotent
+    np.testing.assert_array_equal(rows[2], pair(0, 1, 0, 2, 3, 1, 1))  # input not modified
+    with pytest.raises(ValueError, match="attributes"):
+        shapes.canonical_attributes(np.zeros((3, 4), np.int64))

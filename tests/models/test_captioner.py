@@ -13,7 +13,6 @@ from configs import shapes
 from mirrorgan_jax.models.captioner import (
     CaptionCNN,
     CaptionRNN,
-    caption_cross_entropy,
     resize_bilinear,
 )
 from mirrorgan_jax.models.resnet import RESNET_SPECS, ResNetSpec, resnet_spec
@@ -229,19 +228,6 @@ def test_rnn_teacher_forcing_is_causal(tiny):
     # Padded steps do not influence the valid ones; the last valid token is never read.
     other = tokens.at[1, 2:].set(13)
     np.testing.assert_allclose(logits_fn(v, feats, other, lengths)[1, :3], logits[1, :3], atol=1e-6)
-
-
-def test_caption_cross_entropy(tiny):
-    v, tokens, lengths = tiny["rnn_vars"], tiny["tokens"], tiny["lengths"]
-    logits = np.asarray(tiny["logits_fn"](v, tiny["out"]["feats"], tokens, lengths), np.float64)
-    nll = []
-    for b, n in enumerate(np.asarray(lengths)):
-        for t in range(n):
-            row = logits[b, t]
-            nll.append(np.log(np.sum(np.exp(row - row.max()))) + row.max() - row[tokens[b, t]])
-    expected = np.mean(nll)  # mean over sum(lengths) tokens
-    got = caption_cross_entropy(jnp.asarray(logits, jnp.float32), tokens, lengths)
-    np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
 def test_greedy_decode(tiny):

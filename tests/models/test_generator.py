@@ -10,7 +10,6 @@ from mirrorgan_jax.models.attention import GlobalLocalAttention, word_mask_rows
 from mirrorgan_jax.models.generator import (
     ConditioningAugmentation,
     Generator,
-    kl_divergence,
     num_up_blocks,
 )
 from mirrorgan_jax.models.layers import fast_init_key
@@ -189,7 +188,7 @@ def test_sentence_softmax_axes(attention_params, mode, axes):
     assert sent_ctx.shape == inputs[0].shape
 
 
-def test_conditioning_augmentation_and_kl():
+def test_conditioning_augmentation():
     ca = ConditioningAugmentation(4)
     sent = np.random.default_rng(0).normal(size=(3, 6)).astype(np.float32)
     eps = np.random.default_rng(1).normal(size=(3, 4)).astype(np.float32)
@@ -199,11 +198,6 @@ def test_conditioning_augmentation_and_kl():
     np.testing.assert_allclose(c, eps * np.exp(0.5 * logvar) + mu, atol=1e-6)
     c2, _, _ = ca.apply(variables, sent, rngs={"noise": jax.random.key(5)})
     assert not np.allclose(c2, c)
-    kl = float(kl_divergence(mu, logvar))
-    mu, logvar = np.asarray(mu, np.float64), np.asarray(logvar, np.float64)
-    expected = -0.5 * np.mean(1 + logvar - mu**2 - np.exp(logvar))
-    np.testing.assert_allclose(kl, expected, rtol=1e-5)
-    assert float(kl_divergence(jnp.zeros(3), jnp.zeros(3))) == 0.0
 
 
 def test_conditioning_augmentation_noise_scale():

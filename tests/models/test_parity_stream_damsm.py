@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mirrorgan_jax.models.captioner import CaptionCNN, CaptionRNN, caption_cross_entropy
+from mirrorgan_jax.losses import caption_cross_entropy
+from mirrorgan_jax.models.captioner import CaptionCNN, CaptionRNN
 from mirrorgan_jax.models.image_encoder import ImageEncoder
 from mirrorgan_jax.models.inception import InceptionV3
 from mirrorgan_jax.models.resnet import ResNet, resnet_spec

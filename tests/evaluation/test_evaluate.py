@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from configs import shapes
-from mirrorgan_jax import evaluate, parallel
-from mirrorgan_jax.evaluation import fid
-from tests.models.test_fid_inception import fake_state_dict
+from mirrorgan_jax import parallel
+from mirrorgan_jax.evaluation import evaluate, fid
+from tests.models.test_inception import fake_state_dict
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,14 @@
-"""STREAM evaluation: the other-image cross-entropy measures how much the captioner uses images."""
+"""STREAM pretraining: the frozen backbone, and the evaluation's other-image cross-entropy,
+which measures how much the captioner uses images."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from configs import shapes
-from mirrorgan_jax import pretrain_stream
 from mirrorgan_jax.networks import Networks
+from mirrorgan_jax.train import stream as pretrain_stream
 
 N_WORDS, BATCH = 30, 4
 
@@ -25,7 +27,7 @@ def _batch(nets, rs, same_image: bool):
 @pytest.fixture(scope="module")
 def captioner():
     nets = Networks.from_config(shapes.get_config("test"), n_words=N_WORDS)
-    tx = pretrain_stream.make_tx(shapes.get_config("test"))
+    tx = pretrain_stream.make_tx(pretrain_stream.StreamHyper())
     state = pretrain_stream.init_state(nets, tx, jax.random.key(0))
     return nets, state
 
@@ -48,3 +50,17 @@ def test_other_image_cross_entropy(captioner):
         distinct["cross_entropy_other_image"] - distinct["cross_entropy"]
     )
     assert 0.0 <= distinct["token_accuracy"] <= 1.0
+
+
+def test_freeze_backbone_leaves_the_backbone_alone():
+    params = {
+        "cnn": {"resnet": {"conv1": jnp.ones(4)}, "linear": {"kernel": jnp.ones(2)}},
+        "rnn": {"lstm": jnp.ones(3)},
+    }
+    grads = jax.tree.map(jnp.ones_like, params)
+    for freeze in (False, True):
+        tx = pretrain_stream.make_tx(pretrain_stream.StreamHyper(freeze_backbone=freeze))
+        up, _ = tx.update(grads, tx.init(params), params)
+        assert np.all(np.asarray(up["cnn"]["resnet"]["conv1"]) == 0) == freeze
+        assert np.all(np.asarray(up["cnn"]["linear"]["kernel"]) != 0)
+        assert np.all(np.asarray(up["rnn"]["lstm"]) != 0)

@@ -22,20 +22,8 @@ import optax
 from mirrorgan_jax import losses
 from mirrorgan_jax.models.discriminators import Discriminator
 from mirrorgan_jax.networks import Networks
-
-
-@flax.struct.dataclass
-class GanState:
-    """Everything the GAN stage optimises: G (with EMA) and one state per discriminator."""
-
-    step: jax.Array
-    g_params: Any
-    g_batch_stats: Any
-    g_opt: Any
-    ema_params: Any
-    d_params: tuple
-    d_batch_stats: tuple
-    d_opts: tuple
+from mirrorgan_jax.parallel import jit_or_shapes
+from mirrorgan_jax.train.state import GanState, GeneratorState, TrainState
 
 
 @flax.struct.dataclass
@@ -58,26 +46,28 @@ class GanHyper:
     ema_warmup: bool = False
     r1_gamma: float = 0.0  # not official: R1 penalty on the real logits' input gradient
 
-    def ema_decay_at(self, step):
-        """EMA decay for the update after `step` updates: the official constant, or with
-        `ema_warmup` min(decay, (1 + step) / (10 + step)) so that a short run's EMA does not keep
-        a large share of the random initialisation (0.999^1700 = 18% of it)."""
-        if not self.ema_warmup:
-            return jnp.full(jnp.shape(step), self.ema_decay, jnp.float32)
-        t = step.astype(jnp.float32)
-        return jnp.minimum(jnp.float32(self.ema_decay), (1.0 + t) / (10.0 + t))
-
-    def g_tx(self):
+    def g_tx(self) -> optax.GradientTransformation:
         return optax.adam(self.lr_g, b1=self.beta1, b2=self.beta2)
 
-    def d_tx(self):
+    def d_tx(self) -> optax.GradientTransformation:
         return optax.adam(self.lr_d, b1=self.beta1, b2=self.beta2)
 
-    @classmethod
-    def from_config(cls, config) -> "GanHyper":
-        t = config.train
-        return cls(
-            t.lr_g, t.lr_d, t.beta1, t.beta2, t.ema_decay, t.lambda1, t.ema_warmup, t.r1_gamma
+    def gan_state(self, generator: dict, discriminators: list[dict]) -> GanState:
+        """Fresh optimiser states (and EMA = G) over these variables ({"params", ...})."""
+        return GanState(
+            generator=GeneratorState.create(
+                params=generator["params"],
+                tx=self.g_tx(),
+                batch_stats=generator.get("batch_stats", {}),
+                ema_decay=self.ema_decay,
+                ema_warmup=self.ema_warmup,
+            ),
+            discriminators=tuple(
+                TrainState.create(
+                    params=d["params"], tx=self.d_tx(), batch_stats=d.get("batch_stats", {})
+                )
+                for d in discriminators
+            ),
         )
 
 
@@ -87,21 +77,9 @@ def init_gan_state(nets: Networks, hyper: GanHyper, rng, abstract: bool = False)
     def build(r):
         kg, *kd = jax.random.split(r, 1 + len(nets.discriminators))
         g = nets.init_generator(kg)
-        ds = [nets.init_discriminator(i, k) for i, k in enumerate(kd)]
-        g_params = g["params"]
-        d_params = tuple(d["params"] for d in ds)
-        return GanState(
-            step=jnp.zeros((), jnp.int32),
-            g_params=g_params,
-            g_batch_stats=g.get("batch_stats", {}),
-            g_opt=hyper.g_tx().init(g_params),
-            ema_params=g_params,
-            d_params=d_params,
-            d_batch_stats=tuple(d.get("batch_stats", {}) for d in ds),
-            d_opts=tuple(hyper.d_tx().init(p) for p in d_params),
-        )
+        return hyper.gan_state(g, [nets.init_discriminator(i, k) for i, k in enumerate(kd)])
 
-    return jax.eval_shape(build, rng) if abstract else jax.jit(build)(rng)
+    return jit_or_shapes(build, rng, abstract=abstract)
 
 
 def encode_text(nets: Networks, frozen: Frozen, tokens, lengths):
@@ -199,9 +177,11 @@ def train_step(
     k_z, k_eps = jax.random.split(rng)
     z = jax.random.normal(k_z, (b, nets.z_dim), jnp.float32)
 
+    generator = state.generator
+
     def g_forward(g_params):
         out, upd = nets.generator.apply(
-            {"params": g_params, "batch_stats": state.g_batch_stats},
+            {"params": g_params, "batch_stats": generator.batch_stats},
             z,
             sent,
             words,
@@ -213,22 +193,20 @@ def train_step(
         images = tuple(x.astype(jnp.float32) for x in out.images)
         return (images, out.mu, out.logvar), upd["batch_stats"]
 
-    (fakes, mu, logvar), g_pullback, g_stats = jax.vjp(g_forward, state.g_params, has_aux=True)
+    (fakes, mu, logvar), g_pullback, g_stats = jax.vjp(g_forward, generator.params, has_aux=True)
 
     metrics = {}
-    d_params, d_stats, d_opts = [], [], []
+    updated = []  # the discriminators after their update, before the G loss goes through them
     for i, d in enumerate(nets.discriminators):
         fake_i = jax.lax.stop_gradient(fakes[i])
+        d_state = state.discriminators[i]
         (loss_d, (stats, r1)), grads = jax.value_and_grad(
-            lambda p, d=d, i=i, fake_i=fake_i: discriminator_loss_fn(
-                d, p, state.d_batch_stats[i], reals[i], fake_i, sent, hyper.r1_gamma
+            lambda p, d=d, d_state=d_state, real=reals[i], fake_i=fake_i: discriminator_loss_fn(
+                d, p, d_state.batch_stats, real, fake_i, sent, hyper.r1_gamma
             ),
             has_aux=True,
-        )(state.d_params[i])
-        updates, opt = hyper.d_tx().update(grads, state.d_opts[i], state.d_params[i])
-        d_params.append(optax.apply_updates(state.d_params[i], updates))
-        d_stats.append(stats)
-        d_opts.append(opt)
+        )(d_state.params)
+        updated.append(d_state.apply_gradients(grads=grads, batch_stats=stats))
         size = nets.image_sizes[i]
         metrics[f"d{size}/loss"] = loss_d
         metrics[f"d{size}/grad_norm"] = optax.tree.norm(grads)
@@ -239,7 +217,9 @@ def train_step(
         total = 0.0
         terms, stats_out = {}, []
         for i, d in enumerate(nets.discriminators):
-            adv, stats = generator_adversarial(d, d_params[i], d_stats[i], fakes[i], sent)
+            adv, stats = generator_adversarial(
+                d, updated[i].params, updated[i].batch_stats, fakes[i], sent
+            )
             terms[f"g/adv{nets.image_sizes[i]}"] = adv
             stats_out.append(stats)
             total = total + adv
@@ -256,24 +236,14 @@ def train_step(
         g_loss_fn, argnums=(0, 1, 2), has_aux=True
     )(fakes, mu, logvar)
     (g_grads,) = g_pullback(out_grads)
-    updates, g_opt = hyper.g_tx().update(g_grads, state.g_opt, state.g_params)
-    g_params = optax.apply_updates(state.g_params, updates)
-    decay = hyper.ema_decay_at(state.step)
-    ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, g_params)
+    generator = generator.apply_gradients(grads=g_grads, batch_stats=g_stats)
     metrics.update(terms)
     metrics["g/grad_norm"] = optax.tree.norm(g_grads)
-    metrics["g/param_norm"] = optax.tree.norm(g_params)
-    new_state = GanState(
-        step=state.step + 1,
-        g_params=g_params,
-        g_batch_stats=g_stats,
-        g_opt=g_opt,
-        ema_params=ema,
-        d_params=tuple(d_params),
-        d_batch_stats=tuple(d_stats_after_g),
-        d_opts=tuple(d_opts),
+    metrics["g/param_norm"] = optax.tree.norm(generator.params)
+    discriminators = tuple(
+        d.replace(batch_stats=stats) for d, stats in zip(updated, d_stats_after_g, strict=True)
     )
-    return new_state, metrics
+    return GanState(generator=generator, discriminators=discriminators), metrics
 
 
 def make_train_step(nets: Networks, hyper: GanHyper, frozen: Frozen, donate: bool = True):
@@ -283,13 +253,14 @@ def make_train_step(nets: Networks, hyper: GanHyper, frozen: Frozen, donate: boo
     return lambda state, batch, rng: jitted(state, batch, rng, frozen)
 
 
-def generate(nets: Networks, g_params, g_batch_stats, frozen: Frozen, tokens, lengths, rng):
-    """Eval-mode G (BN running statistics; CA still samples, as official sampling does)."""
+def generate(nets: Networks, g_variables: dict, frozen: Frozen, tokens, lengths, rng):
+    """Eval-mode G (BN running statistics; CA still samples, as official sampling does);
+    `g_variables` = {"params", "batch_stats"}, e.g. `GeneratorState.ema_variables()`."""
     words, sent = encode_text(nets, frozen, tokens, lengths)
     k_z, k_eps = jax.random.split(rng)
     z = jax.random.normal(k_z, (tokens.shape[0], nets.z_dim), jnp.float32)
     return nets.generator.apply(
-        {"params": g_params, "batch_stats": g_batch_stats},
+        g_variables,
         z,
         sent,
         words,

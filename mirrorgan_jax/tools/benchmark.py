@@ -1,6 +1,6 @@
 """Speed and memory of the full MirrorGAN iteration, sampling and the input pipeline.
 
-  python -m mirrorgan_jax.benchmark --config=configs/cub.py --what=all --steps=5 \
+  python -m mirrorgan_jax.tools.benchmark --config=configs/cub.py --what=all --steps=5 \
       [--config.train.batch_size=12] [--config.mixed_precision=bfloat16]
 
 Prints one JSON line per measurement, then a short table. Random weights and random data of
@@ -36,9 +36,11 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from mirrorgan_jax import configuration, parallel, train_gan  # noqa: E402
+from mirrorgan_jax import configuration, hyperparameters, networks, parallel  # noqa: E402
+from mirrorgan_jax.data import input_pipeline, shapes, tokenizers  # noqa: E402
 from mirrorgan_jax.models import conv  # noqa: E402
 from mirrorgan_jax.networks import Networks  # noqa: E402
+from mirrorgan_jax.train import gan  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config.", lock_config=True)
 _WHAT = flags.DEFINE_enum(
@@ -66,7 +68,7 @@ def _progress(msg: str) -> None:
 
 
 @contextlib.contextmanager
-def _timing_turn():
+def timing_turn():
     """Exclusive use of the accelerator for a timed section.
 
     With `MIRRORGAN_BENCH_TURNS=DIR:N` set, N benchmark processes started side by side (each
@@ -157,8 +159,8 @@ def initial_state(nets: Networks, hyper) -> tuple:
     `bench_train` and `bench_breakdown` make their own unless given one; a caller running both
     (the tests) can initialise once, which compiles for seconds on XLA:CPU."""
     rng = jax.random.key(0)
-    state = train_gan.init_gan_state(nets, hyper, rng)
-    frozen = train_gan.Frozen(
+    state = gan.init_gan_state(nets, hyper, rng)
+    frozen = gan.Frozen(
         nets.init_text_encoder(rng), nets.init_caption_cnn(rng), nets.init_caption_rnn(rng)
     )
     return state, frozen
@@ -169,7 +171,7 @@ def bench_train(config, nets, n_words, steps, calib, rows, initial=None) -> floa
 
     `initial`: an `initial_state(...)` to start from (copied: the step donates its state)."""
     mesh = parallel.make_mesh()
-    hyper = train_gan.GanHyper.from_config(config)
+    hyper = hyperparameters.gan(config)
     rng = jax.random.key(0)
     t0 = time.perf_counter()
     if initial is None:
@@ -183,7 +185,7 @@ def bench_train(config, nets, n_words, steps, calib, rows, initial=None) -> floa
     batch = parallel.shard_batch(mesh, random_batch(nets, b, n_words))
 
     def step_fn(s, bt, r, f):
-        return train_gan.train_step(s, bt, r, f, nets=nets, hyper=hyper)
+        return gan.train_step(s, bt, r, f, nets=nets, hyper=hyper)
 
     step = jax.jit(step_fn, donate_argnums=(0,))
     t0 = time.perf_counter()
@@ -196,7 +198,7 @@ def bench_train(config, nets, n_words, steps, calib, rows, initial=None) -> floa
     mem = compiled.memory_analysis()  # XLA's own account of the step's buffers (None if absent)
     flops = _reference_flops(step_fn, (state, batch, rng, frozen))
     times = []
-    with _timing_turn():
+    with timing_turn():
         state, m = compiled(state, batch, rng, frozen)  # warm-up
         jax.block_until_ready(m)
         _progress("train: warm-up step done")
@@ -262,13 +264,13 @@ def iteration_parts(nets: Networks, hyper, state, frozen, batch, rng) -> dict:
     gradient w.r.t. the image. `g_forward_backward` minus `g_forward` plus the rest cover the
     iteration's compute except the optimiser updates and the EMA."""
     tokens, lengths, reals = batch["tokens"], batch["lengths"], batch["images"]
-    words, sent = train_gan.encode_text(nets, frozen, tokens, lengths)
+    words, sent = gan.encode_text(nets, frozen, tokens, lengths)
     mask = tokens == 0
     z = jax.random.normal(rng, (tokens.shape[0], nets.z_dim), jnp.float32)
 
     def g_forward(g_params):
         out, _ = nets.generator.apply(
-            {"params": g_params, "batch_stats": state.g_batch_stats},
+            {"params": g_params, "batch_stats": state.generator.batch_stats},
             z, sent, words, mask, train=True, rngs={"noise": rng}, mutable=["batch_stats"],
         )  # fmt: skip
         return tuple(x.astype(jnp.float32) for x in out.images)
@@ -277,40 +279,38 @@ def iteration_parts(nets: Networks, hyper, state, frozen, batch, rng) -> dict:
         fakes, pullback = jax.vjp(g_forward, g_params)
         return pullback(jax.tree.map(jnp.ones_like, fakes))
 
-    fakes = jax.jit(g_forward)(state.g_params)
+    fakes = jax.jit(g_forward)(state.generator.params)
     parts = {
         "text_encoder": (
-            lambda t, ln: train_gan.encode_text(nets, frozen, t, ln),
+            lambda t, ln: gan.encode_text(nets, frozen, t, ln),
             (tokens, lengths),
         ),
-        "g_forward": (g_forward, (state.g_params,)),
-        "g_forward_backward": (g_backward, (state.g_params,)),
+        "g_forward": (g_forward, (state.generator.params,)),
+        "g_forward_backward": (g_backward, (state.generator.params,)),
     }
-    for i, d in enumerate(nets.discriminators):
+    for i, (d, d_state) in enumerate(zip(nets.discriminators, state.discriminators, strict=True)):
         size = nets.image_sizes[i]
 
-        def d_update(p, real, fake, d=d, i=i):
+        def d_update(p, real, fake, d=d, d_state=d_state):
             return jax.value_and_grad(
-                lambda q: train_gan.discriminator_loss_fn(
-                    d, q, state.d_batch_stats[i], real, fake, sent
-                ),
+                lambda q: gan.discriminator_loss_fn(d, q, d_state.batch_stats, real, fake, sent),
                 has_aux=True,
             )(p)
 
-        def g_adversarial(fake, d=d, i=i):
+        def g_adversarial(fake, d=d, d_state=d_state):
             return jax.value_and_grad(
-                lambda f: train_gan.generator_adversarial(
-                    d, state.d_params[i], state.d_batch_stats[i], f, sent
+                lambda f: gan.generator_adversarial(
+                    d, d_state.params, d_state.batch_stats, f, sent
                 ),
                 has_aux=True,
             )(fake)
 
-        parts[f"d{size}_update"] = (d_update, (state.d_params[i], reals[i], fakes[i]))
+        parts[f"d{size}_update"] = (d_update, (d_state.params, reals[i], fakes[i]))
         parts[f"g_adversarial{size}"] = (g_adversarial, (fakes[i],))
     if frozen.caption_cnn is not None:
         parts["stream_loss_and_image_grad"] = (
             jax.value_and_grad(
-                lambda img: train_gan.stream_cross_entropy(nets, frozen, img, tokens, lengths)
+                lambda img: gan.stream_cross_entropy(nets, frozen, img, tokens, lengths)
             ),
             (fakes[-1],),
         )
@@ -321,7 +321,7 @@ def bench_breakdown(config, nets, n_words, steps, calib, rows, initial=None) -> 
     """Where the iteration's time goes: every part compiled and timed alone (median of
     `steps`), with its XLA FLOPs, achieved FLOP/s and share of the parts' summed time.
     `initial`: an `initial_state(...)` to use instead of a fresh one."""
-    hyper = train_gan.GanHyper.from_config(config)
+    hyper = hyperparameters.gan(config)
     rng = jax.random.key(0)
     state, frozen = initial_state(nets, hyper) if initial is None else initial
     batch = random_batch(nets, config.train.batch_size, n_words)
@@ -400,12 +400,8 @@ def bench_sample(config, nets, n_words, steps, rows) -> None:
     rng = jax.random.key(0)
     g = nets.init_generator(rng)
     te = nets.init_text_encoder(rng)
-    frozen = train_gan.Frozen(text_encoder=te, caption_cnn=None, caption_rnn=None)
-    gen = jax.jit(
-        lambda t, ln, r: train_gan.generate(
-            nets, g["params"], g["batch_stats"], frozen, t, ln, r
-        ).images[-1]
-    )
+    frozen = gan.Frozen(text_encoder=te, caption_cnn=None, caption_rnn=None)
+    gen = jax.jit(lambda t, ln, r: gan.generate(nets, g, frozen, t, ln, r).images[-1])
     for b in (1, _SAMPLE_BATCH.value):
         batch = random_batch(nets, b, n_words)
         times = _timed(gen, (batch["tokens"], batch["lengths"], rng), steps)
@@ -427,9 +423,7 @@ def bench_sample(config, nets, n_words, steps, rows) -> None:
 
 def bench_input(config, steps, train_images_per_s, rows) -> None:
     """tf.data throughput at the config's image sizes, from a small generated shapes set."""
-    from mirrorgan_jax.data import input_pipeline, shapes, tokenizers
-
-    sizes = configuration.image_sizes(config)
+    sizes = networks.image_sizes(config)
     with tempfile.TemporaryDirectory() as tmp:
         builder = shapes.Shapes(
             data_dir=tmp, num_train=256, num_test=8, num_test_novel=8, image_size=max(sizes), seed=0

@@ -11,10 +11,14 @@ import numpy as np
 import pytest
 
 from configs import common
-from mirrorgan_jax import import_torch, parallel, sample, stages
+from mirrorgan_jax import checkpoints, parallel
+from mirrorgan_jax import workdir as wd
 from mirrorgan_jax.networks import Networks
+from mirrorgan_jax.torch_import import gan as gan_import
+from mirrorgan_jax.torch_import import import_all as import_torch
 from mirrorgan_jax.torch_import.common import WeightMismatchError
 from mirrorgan_jax.torch_import.stream import caption_cnn_config
+from mirrorgan_jax.train import damsm
 from tests.parity_utils import (
     assert_close,
     config_value,
@@ -94,8 +98,9 @@ def test_restored_networks_reproduce_the_fixtures(imported):
     config, workdir = imported
     mesh = parallel.make_mesh()
     nets = Networks.from_config(config)
-    g_params, g_stats, text_vars, step = sample.load_generator(config, workdir, nets, mesh)
+    gan_state, step = wd.restore_gan(config, workdir, nets, mesh)
     assert step == 0
+    text_vars = damsm.text_encoder_variables(wd.restore_damsm(config, workdir, nets, mesh))
 
     te = load_fixture("text_encoder.npz")
     _, sent = jax.jit(nets.text_encoder.apply)(
@@ -106,7 +111,7 @@ def test_restored_networks_reproduce_the_fixtures(imported):
     g = load_fixture("generator.npz")
     i = g.inputs
     out = jax.jit(functools.partial(nets.generator.apply, train=False))(
-        {"params": g_params, "batch_stats": g_stats},
+        gan_state.generator.ema_variables(),
         i["z"],
         i["sent_emb"],
         np.transpose(i["words_emb"], (0, 2, 1)),
@@ -117,7 +122,7 @@ def test_restored_networks_reproduce_the_fixtures(imported):
         expected = nchw_to_nhwc(g.group("output_eval")[f"fake_imgs/{s}"])
         assert_close(image, expected, f"imported generator stage {s}", 1e-5)
 
-    frozen = stages.load_frozen(config, workdir, nets, mesh)
+    frozen = wd.restore_frozen(config, workdir, nets, mesh)
     st = load_fixture("stream.npz")
     feats = jax.jit(nets.caption_cnn.apply)(frozen.caption_cnn, nchw_to_nhwc(st.inputs["images"]))
     assert_close(feats, st.outputs["cnn_feature"], "imported caption CNN", 1e-5)
@@ -182,12 +187,7 @@ def test_networks_without_a_file_get_fresh_weights(weight_files, tmp_path):
     """Text encoder and caption RNN given, DAMSM image encoder and caption CNN not: those get
     random weights of the checkpoint's shapes, every optimiser state starts at zero, and the
     given weights are stored as converted. (Random discriminators take the same path; left
-    out here for the suite's time: three D initialisations cost about 13 s.)"""
-    import jax
-
-    from mirrorgan_jax import checkpoints, pretrain_damsm, pretrain_stream
-    from mirrorgan_jax.torch_import import gan as gan_import
-
+    out here for the suite's time: three D initialisations compile for long.)"""
     files = {
         "text_encoder": weight_files["text_encoder"],
         "caption_rnn": weight_files["caption_rnn"],
@@ -195,20 +195,15 @@ def test_networks_without_a_file_get_fresh_weights(weight_files, tmp_path):
     config = configured(files)
     assert set(import_torch.import_all(config, str(tmp_path))) == {"damsm", "stream"}
     nets = Networks.from_config(config)
-    rng = jax.random.key(0)
-    replicated = parallel.replicated(parallel.make_mesh())
+    mesh = parallel.make_mesh()
     targets = {
-        "damsm": pretrain_damsm.init_state(
-            nets, pretrain_damsm.make_tx(config, 1), rng, abstract=True
-        ),
-        "stream": pretrain_stream.init_state(
-            nets, pretrain_stream.make_tx(config), rng, abstract=True
-        ),
+        "damsm": wd.abstract_damsm(config, nets, mesh),
+        "stream": wd.abstract_stream(config, nets, mesh),
     }
     restored = {}
     for name, target in targets.items():
         ckpt = checkpoints.Checkpointer(tmp_path / name / "checkpoints", async_save=False)
-        state, _ = ckpt.restore(0, checkpoints.abstract_like(target, replicated))
+        state, _ = ckpt.restore(0, target)
         for got, want in zip(jax.tree.leaves(state), jax.tree.leaves(target), strict=True):
             assert got.shape == want.shape and got.dtype == want.dtype
         assert checkpoints.first_non_finite(state) is None

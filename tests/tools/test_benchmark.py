@@ -1,10 +1,15 @@
 """The benchmark's figures: the full iteration, and a breakdown whose parts add up to it."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from configs import shapes
-from mirrorgan_jax import benchmark, train_gan
+from mirrorgan_jax import hyperparameters
 from mirrorgan_jax.networks import Networks
+from mirrorgan_jax.tools import benchmark
 
 N_WORDS = 30
 
@@ -15,7 +20,7 @@ def measured():
     config.model.branch_num = 1  # one 32-px stage (+ STREAM on it): a quarter of the compile
     nets = Networks.from_config(config, n_words=N_WORDS)
     rows: list = []
-    initial = benchmark.initial_state(nets, train_gan.GanHyper.from_config(config))  # once
+    initial = benchmark.initial_state(nets, hyperparameters.gan(config))  # once
     benchmark.bench_train(config, nets, N_WORDS, 2, 1e11, rows, initial)
     benchmark.bench_breakdown(config, nets, N_WORDS, 2, 1e11, rows, initial)
     return config, rows
@@ -72,10 +77,10 @@ def test_conv_passes_both_weight_grad_policies():
 
 _VARIANT = """
 import sys, time
-from mirrorgan_jax import benchmark
+from mirrorgan_jax.tools import benchmark
 time.sleep(float(sys.argv[1]))  # a slower compile
 compiled = time.time()
-with benchmark._timing_turn():
+with benchmark.timing_turn():
     t = time.time()
     time.sleep(0.3)
     print(compiled, t, time.time())
@@ -85,10 +90,6 @@ with benchmark._timing_turn():
 def test_timing_turns_wait_for_all_and_never_overlap(tmp_path):
     """Variants started side by side as processes: none times before all have compiled, and
     their timed sections run one after another."""
-    import os
-    import subprocess
-    import sys
-
     env = {**os.environ, "MIRRORGAN_BENCH_TURNS": f"{tmp_path}:3", "JAX_PLATFORMS": "cpu"}
     procs = [
         subprocess.Popen(

@@ -1,17 +1,19 @@
 """Backbone pretraining on rendered attributes (`shapes` only): this data set's stand-in for the
 ImageNet weights that the official DAMSM image encoder (Inception-v3) and STREAM encoder
-(ResNet-152) start from and keep frozen (SPEC sections 2 and 6).
+(ResNet-152) start from and keep frozen (`taoxugit/AttnGAN code/model.py CNN_ENCODER`,
+`qiaott/MirrorGAN model.py CAPTION_CNN`).
 
 Trained from scratch by their own losses, the small `shapes` backbones take a shortcut: colour,
 size and position already tell a caption from the others in a batch, so neither the DAMSM losses
 nor the captioner's cross-entropy made them read shape, and the STEM trained against such an
-image encoder lost shape too (README, "What `make run` gives on this machine").
+image encoder lost shape too (docs/shapes.md).
 
 Here a backbone is first trained as an attribute classifier: one MLP head per attribute field
-(`shapes_metrics.HEAD_SIZES`) on its pooled features (the vector its stage's own head reads),
-`shapes_metrics.classifier_loss` on canonical attributes, images of the data set's `train` split
-rendered in memory at the stage's resolution. The heads are thrown away; the stage then starts
-from the pretrained backbone and keeps it frozen (`damsm.freeze_trunk`, `stream.freeze_backbone`).
+(`data.shapes.ATTRIBUTE_CLASSES`) on its pooled features (the vector its stage's own head
+reads), `losses.attribute_classifier_loss` on canonical attributes, images of the data set's
+`train` split rendered in memory at the stage's resolution. The heads are thrown away; the stage
+then starts from the pretrained backbone and keeps it frozen (`damsm.freeze_trunk`,
+`stream.freeze_backbone`).
 """
 
 from __future__ import annotations
@@ -25,9 +27,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from mirrorgan_jax import losses
 from mirrorgan_jax.data.schema import ATTRIBUTE_FIELDS
-from mirrorgan_jax.evaluation import shapes_metrics
+from mirrorgan_jax.data.shapes import ATTRIBUTE_CLASSES
+from mirrorgan_jax.evaluation.shapes_metrics import attribute_accuracy
 from mirrorgan_jax.models.layers import jit_init
+from mirrorgan_jax.train.state import TrainState
 
 # (variables, images [B,S,S,3] in [-1,1], train) -> (pooled features [B, C], new batch_stats)
 FeaturesFn = Callable[[Any, jax.Array, bool], tuple[jax.Array, Any]]
@@ -43,7 +48,7 @@ class AttributeHeads(nn.Module):
         h = nn.relu(nn.Dense(self.hidden, name="hidden")(features))  # [B, hidden]
         return tuple(
             nn.Dense(n, name=f"head_{f}")(h)
-            for f, n in zip(ATTRIBUTE_FIELDS, shapes_metrics.HEAD_SIZES, strict=True)
+            for f, n in zip(ATTRIBUTE_FIELDS, ATTRIBUTE_CLASSES, strict=True)
         )
 
 
@@ -85,7 +90,7 @@ def pretrain(
     """Trains `variables` ({"params", "batch_stats"}) through `features_fn` + `AttributeHeads`.
 
     train_data / test_data: (uint8 images [N, S, S, 3], canonical attributes int [N, A]), as
-    `shapes_metrics.render_dataset` gives. Adam with cosine decay; batches drawn uniformly with
+    `data.shapes.render_dataset` gives. Adam with cosine decay; batches drawn uniformly with
     replacement (numpy seed `seed`). Parameters that `features_fn` does not use get zero
     gradients and stay exactly as they were.
 
@@ -106,43 +111,45 @@ def pretrain(
         "heads": jit_init(heads.init, jax.random.key(seed), jnp.zeros(feats.shape))["params"],
     }
     tx = optax.adam(optax.cosine_decay_schedule(lr, steps, alpha=0.01))
-    opt_state = jax.jit(tx.init)(params)
-    stats = variables.get("batch_stats", {})
+    state = jax.jit(lambda p, s: TrainState.create(params=p, tx=tx, batch_stats=s))(
+        params, variables.get("batch_stats", {})
+    )
 
     @jax.jit
-    def step(params, stats, opt_state, images_u8, targets):
+    def step(state, images_u8, targets):
         def loss_fn(p):
             feats, new_stats = features_fn(
-                {"params": p["backbone"], "batch_stats": stats}, _to_input(images_u8), True
+                {"params": p["backbone"], "batch_stats": state.batch_stats},
+                _to_input(images_u8),
+                True,
             )
             logits = heads.apply({"params": p["heads"]}, feats)
-            loss, _ = shapes_metrics.classifier_loss(logits, targets)
+            loss, _ = losses.attribute_classifier_loss(logits, targets)
             return loss, new_stats
 
-        (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), new_stats, opt_state, loss
+        (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        return state.apply_gradients(grads=grads, batch_stats=new_stats), loss
 
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
     loss = jnp.zeros(())
     for _ in range(steps):
         idx = rng.integers(0, train_x.shape[0], batch_size)
-        params, stats, opt_state, loss = step(params, stats, opt_state, train_x[idx], train_y[idx])
+        state, loss = step(state, train_x[idx], train_y[idx])
     seconds = time.perf_counter() - t0
-    out = {"params": params["backbone"], "batch_stats": stats}
+    out = {"params": state.params["backbone"], "batch_stats": state.batch_stats}
 
     @jax.jit
     def predict(images_u8):
         feats, _ = features_fn(out, _to_input(images_u8), False)
-        logits = heads.apply({"params": params["heads"]}, feats)
+        logits = heads.apply({"params": state.params["heads"]}, feats)
         return jnp.stack([jnp.argmax(lg, -1) for lg in logits], axis=1)
 
     test_x, test_y = test_data
     preds = np.concatenate(
         [np.asarray(predict(test_x[i : i + 100])) for i in range(0, len(test_x), 100)]
     )
-    accuracy = shapes_metrics.attribute_accuracy(preds.astype(np.int64), test_y)
+    accuracy = attribute_accuracy(preds.astype(np.int64), test_y)
     report = {
         "test": {
             k: v

@@ -1,7 +1,8 @@
 """STREAM pretraining (`--mode=pretrain_stream`): the captioner on real training images
-prepared exactly as the generator's last stage sees them (SPEC 16.3): the 256 crop (the last
-stage size) in [-1, 1], bilinearly resized to the CNN's input, no ImageNet normalisation; the
-data set's own vocabulary; no start token; cross-entropy with teacher forcing.
+prepared exactly as the generator's last stage sees them: the last stage's crop in [-1, 1],
+bilinearly resized to the CNN's input, no ImageNet normalisation; the data set's own
+vocabulary; no start token; cross-entropy with teacher forcing (docs/official-differences.md,
+"STREAM pretraining").
 
 The backbone is frozen when ImageNet weights are supplied (`stream.freeze_backbone`, the
 official recipe) and trained otherwise; the Linear+BN head and the LSTM decoder always train.
@@ -9,54 +10,52 @@ official recipe) and trained otherwise; the Linear+BN head and the LSTM decoder 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import optax
 
 from mirrorgan_jax import losses
 from mirrorgan_jax.networks import Networks
+from mirrorgan_jax.parallel import jit_or_shapes
+from mirrorgan_jax.train.state import TrainState, stop_gradient_at, with_frozen_subtree
 
 
-@flax.struct.dataclass
-class StreamState:
-    step: jax.Array
-    params: Any  # {"cnn": ..., "rnn": ...}
-    batch_stats: Any  # caption CNN BN statistics
-    opt_state: Any
+@dataclasses.dataclass(frozen=True)
+class StreamHyper:
+    lr: float = 1e-3
+    freeze_backbone: bool = True  # the CNN's ResNet is never updated (official: ImageNet)
 
 
-def make_tx(config):
-    tx = optax.adam(config.stream.lr)
-    if not config.stream.freeze_backbone:
-        return tx
-
-    def labels(params):
-        return {
-            "cnn": {k: ("frozen" if k == "resnet" else "train") for k in params["cnn"]},
-            "rnn": jax.tree.map(lambda _: "train", params["rnn"]),
-        }
-
-    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+def make_tx(hyper: StreamHyper) -> optax.GradientTransformation:
+    """Adam on the captioner; with `freeze_backbone`, not on the CNN's ResNet."""
+    tx = optax.adam(hyper.lr)
+    return with_frozen_subtree(tx, "cnn", "resnet") if hyper.freeze_backbone else tx
 
 
-def init_state(nets: Networks, tx, rng, abstract: bool = False) -> StreamState:
+def stream_state(tx, cnn: dict, rnn: dict) -> TrainState:
+    """The STREAM state over these variables: params {"cnn", "rnn"}, the CNN's BatchNorm
+    statistics, a fresh optimiser state."""
+    params = {"cnn": cnn["params"], "rnn": rnn["params"]}
+    return TrainState.create(params=params, tx=tx, batch_stats=cnn.get("batch_stats", {}))
+
+
+def caption_cnn_variables(state: TrainState) -> dict:
+    return {"params": state.params["cnn"], "batch_stats": state.batch_stats}
+
+
+def caption_rnn_variables(state: TrainState) -> dict:
+    return {"params": state.params["rnn"]}
+
+
+def init_state(nets: Networks, tx, rng, abstract: bool = False) -> TrainState:
     def build(r):
         kc, kr = jax.random.split(r)
-        cnn = nets.init_caption_cnn(kc)
-        rnn = nets.init_caption_rnn(kr)
-        params = {"cnn": cnn["params"], "rnn": rnn["params"]}
-        return StreamState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            batch_stats=cnn.get("batch_stats", {}),
-            opt_state=tx.init(params),
-        )
+        return stream_state(tx, nets.init_caption_cnn(kc), nets.init_caption_rnn(kr))
 
-    return jax.eval_shape(build, rng) if abstract else jax.jit(build)(rng)
+    return jit_or_shapes(build, rng, abstract=abstract)
 
 
 def caption_logits(nets: Networks, params, batch_stats, images, tokens, lengths, train: bool):
@@ -70,13 +69,14 @@ def caption_logits(nets: Networks, params, batch_stats, images, tokens, lengths,
     return logits.astype(jnp.float32), upd.get("batch_stats", batch_stats)
 
 
-def train_step(state: StreamState, batch, rng, *, nets: Networks, tx, freeze_backbone=False):
+def train_step(
+    state: TrainState, batch, rng, *, nets: Networks, hyper: StreamHyper
+) -> tuple[TrainState, dict]:
     del rng  # the captioner has no stochastic layers
 
     def loss_fn(params):
-        if freeze_backbone:  # no backward pass through the backbone (its update is zero anyway)
-            cnn = {**params["cnn"], "resnet": jax.lax.stop_gradient(params["cnn"]["resnet"])}
-            params = {**params, "cnn": cnn}
+        if hyper.freeze_backbone:
+            params = stop_gradient_at(params, "cnn", "resnet")
         logits, stats = caption_logits(
             nets,
             params,
@@ -91,14 +91,12 @@ def train_step(state: StreamState, batch, rng, *, nets: Networks, tx, freeze_bac
         return ce, (stats, acc)
 
     (ce, (stats, acc)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
     metrics = {
         "stream/ce": ce,
         "stream/token_accuracy": acc,
         "stream/grad_norm": optax.tree.norm(grads),
     }
-    return StreamState(state.step + 1, params, stats, opt_state), metrics
+    return state.apply_gradients(grads=grads, batch_stats=stats), metrics
 
 
 def token_accuracy(logits, tokens, lengths):
@@ -108,8 +106,8 @@ def token_accuracy(logits, tokens, lengths):
     return jnp.sum(hit) / jnp.maximum(jnp.sum(valid), 1)
 
 
-def make_train_step(nets: Networks, tx, freeze_backbone: bool = False):
-    step = functools.partial(train_step, nets=nets, tx=tx, freeze_backbone=freeze_backbone)
+def make_train_step(nets: Networks, hyper: StreamHyper):
+    step = functools.partial(train_step, nets=nets, hyper=hyper)
     return jax.jit(step, donate_argnums=(0,))
 
 

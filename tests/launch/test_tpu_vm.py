@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FAKE_GCLOUD = REPO / "tests" / "testdata" / "fake_gcloud"
 TPU = ["compute", "tpus", "tpu-vm"]
 BASE_ENV = {"PROJECT": "my-project", "BUCKET": "gs://my-bucket"}

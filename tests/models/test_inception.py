@@ -1,4 +1,6 @@
-"""FIDInceptionV3 (pytorch-fid's FID Inception-v3) and its state-dict converter.
+"""models/inception.py's FIDInceptionV3 (pytorch-fid's FID Inception-v3) and its state-dict
+converter (the DAMSM InceptionV3 is checked against the official code in
+test_parity_stream_damsm.py).
 
 No real weights exist here, so the state dict is fake: the exact key names and shapes of
 pytorch-fid's `fid_inception_v3()` (torchvision Inception3(num_classes=1008, aux_logits=False)
@@ -15,14 +17,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mirrorgan_jax.models.fid_inception import (
+from mirrorgan_jax.models.inception import (
+    BasicConv2d,
     FCHead,
     avg_pool_3x3_exclude_pad,
     make_fid_inception_fn,
     max_pool_3x3_same,
     preprocess,
 )
-from mirrorgan_jax.models.inception import BasicConv2d
 from mirrorgan_jax.torch_import.common import WeightMismatchError
 from mirrorgan_jax.torch_import.fid_inception import (
     expected_variables,

@@ -15,20 +15,14 @@ from __future__ import annotations
 import os
 
 import jax
-import jax.numpy as jnp
 from absl import logging
 
-from mirrorgan_jax import (
-    checkpoints,
-    parallel,
-    pipeline,
-    pretrain_damsm,
-    pretrain_stream,
-    safe_load,
-    train_gan,
-)
+from mirrorgan_jax import checkpoints, hyperparameters, parallel, safe_load
+from mirrorgan_jax import workdir as wd
 from mirrorgan_jax.networks import Networks
 from mirrorgan_jax.torch_import import common, damsm, gan, stream
+from mirrorgan_jax.train import damsm as damsm_train
+from mirrorgan_jax.train import stream as stream_train
 
 _HINT = {
     "text_encoder": "model.n_words (the vocabulary), model.word_embedding_dim, "
@@ -59,7 +53,7 @@ def _file_or_fresh(path: str, convert, init, key, hint_key: str):
 
 def _n_words(config, workdir: str) -> int | None:
     try:
-        return pipeline.load_tokenizer(config, workdir).vocab_size
+        return wd.load_tokenizer(config, workdir).vocab_size
     except FileNotFoundError:
         return None
 
@@ -78,7 +72,6 @@ def import_all(config, workdir: str) -> dict:
 
     # Convert and check everything first: nothing is written if any file does not fit. Only
     # the networks no file provides get random weights; optimiser states start fresh.
-    step0 = jnp.zeros((), jnp.int32)
     if w.text_encoder or w.image_encoder:
         kt, ki = jax.random.split(rng)
         text = _file_or_fresh(
@@ -91,13 +84,8 @@ def import_all(config, workdir: str) -> dict:
             ki,
             "image_encoder",
         )
-        params = {"text": text["params"], "image": image["params"]}
-        states["damsm"] = pretrain_damsm.DamsmState(
-            step=step0,
-            params=params,
-            batch_stats=image.get("batch_stats", {}),
-            opt_state=jax.jit(pretrain_damsm.make_tx(config, 1).init)(params),
-        )
+        tx = damsm_train.make_tx(hyperparameters.damsm(config), 1)
+        states["damsm"] = jax.jit(lambda t, i: damsm_train.damsm_state(tx, t, i))(text, image)
     if w.caption_cnn or w.caption_rnn:
         kc, kr = jax.random.split(rng)
         cnn = _file_or_fresh(
@@ -106,15 +94,10 @@ def import_all(config, workdir: str) -> dict:
         rnn = _file_or_fresh(
             w.caption_rnn, stream.caption_rnn_variables, nets.init_caption_rnn, kr, "caption_rnn"
         )
-        params = {"cnn": cnn["params"], "rnn": rnn["params"]}
-        states["stream"] = pretrain_stream.StreamState(
-            step=step0,
-            params=params,
-            batch_stats=cnn.get("batch_stats", {}),
-            opt_state=jax.jit(pretrain_stream.make_tx(config).init)(params),
-        )
+        tx = stream_train.make_tx(hyperparameters.stream(config))
+        states["stream"] = jax.jit(lambda c, r: stream_train.stream_state(tx, c, r))(cnn, rnn)
     if w.generator:
-        hyper = train_gan.GanHyper.from_config(config)
+        hyper = hyperparameters.gan(config)
         g = _file_or_fresh(
             w.generator,
             lambda sd: gan.generator_variables(sd, len(nets.image_sizes)),
@@ -138,39 +121,28 @@ def import_all(config, workdir: str) -> dict:
             )
             for i, key in enumerate(jax.random.split(rng, len(nets.image_sizes)))
         ]
-        d_params = tuple(d["params"] for d in ds)
-        d_init = jax.jit(hyper.d_tx().init)
-        states["gan"] = train_gan.GanState(
-            step=step0,
-            g_params=g["params"],
-            g_batch_stats=g.get("batch_stats", {}),
-            g_opt=jax.jit(hyper.g_tx().init)(g["params"]),
-            ema_params=g["params"],
-            d_params=d_params,
-            d_batch_stats=tuple(d.get("batch_stats", {}) for d in ds),
-            d_opts=tuple(d_init(p) for p in d_params),
-        )
+        states["gan"] = jax.jit(hyper.gan_state)(g, ds)  # EMA = G; fresh optimiser states
 
     for name in states:
-        directory = os.path.join(workdir, name, "checkpoints")
+        directory = os.path.join(wd.stage_dir(workdir, name), "checkpoints")
         if os.path.isdir(directory) and os.listdir(directory):
             raise FileExistsError(
                 f"{directory} already holds checkpoints; refusing to overwrite them "
                 "(use another --workdir)"
             )
-    pipeline.write_config(config, workdir)
+    wd.write_config(config, workdir)
     mesh = parallel.make_mesh()
     written = {}
     for name, state in states.items():
-        directory = os.path.join(workdir, name, "checkpoints")
+        directory = os.path.join(wd.stage_dir(workdir, name), "checkpoints")
         ckpt = checkpoints.Checkpointer(directory, max_to_keep=None)
         try:
             final = name != "gan"  # pretrained encoders stand for finished stages
             ckpt.save(
                 0,
-                jax.device_put(state, parallel.replicated(mesh)),
+                parallel.replicate(mesh, state),
                 meta={
-                    "model": pipeline.model_fingerprint(config, name),
+                    "model": wd.model_fingerprint(config, name),
                     "step": 0,
                     "final": final,
                     "imported": True,

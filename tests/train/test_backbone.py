@@ -1,4 +1,4 @@
-"""Backbone pretraining on rendered attributes, and the optimisers that keep a backbone frozen."""
+"""Backbone pretraining on rendered attributes."""
 
 import flax.linen as nn
 import jax
@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from configs import cub, shapes
-from mirrorgan_jax import configuration, pretrain_backbone, pretrain_damsm, pretrain_stream
-from mirrorgan_jax.evaluation import shapes_metrics as sm
+from mirrorgan_jax import configuration
+from mirrorgan_jax.data.shapes import render_dataset
 from mirrorgan_jax.networks import Networks
+from mirrorgan_jax.train import backbone as pretrain_backbone
 
 
 class _TinyNet(nn.Module):
@@ -33,8 +34,8 @@ def pretrained():
         "params": {"net": net["params"], "unused": jnp.arange(3.0)},
         "batch_stats": net["batch_stats"],
     }
-    train = sm.render_dataset("train", 512, 0, 32)
-    test = sm.render_dataset("test", 128, 0, 32)
+    train = render_dataset("train", 512, 0, 32)
+    test = render_dataset("test", 128, 0, 32)
     out, report = pretrain_backbone.pretrain(
         _features, variables, train, test, steps=150, batch_size=32, lr=1e-2, seed=0
     )
@@ -43,7 +44,7 @@ def pretrained():
 
 def test_pretraining_learns_attributes(pretrained):
     _, _, report = pretrained
-    assert report["test"]["field/colour0"] > 0.4  # chance 1/7; 0.60 when written
+    assert report["test"]["field/colour0"] > 0.4  # chance 1/7
     assert report["steps"] == 150 and np.isfinite(report["final_loss"])
 
 
@@ -79,40 +80,6 @@ def test_stage_features_keep_the_variable_layout(stage):
         )
         assert pooled.shape == (3, width) and pooled.dtype == jnp.float32
         assert jax.tree.structure(stats) == jax.tree.structure(variables["batch_stats"])
-
-
-def _updates(tx, params):
-    grads = jax.tree.map(jnp.ones_like, params)
-    updates, _ = tx.update(grads, tx.init(params), params)
-    return updates
-
-
-def test_damsm_freeze_trunk_leaves_the_trunk_alone():
-    config = shapes.get_config("test")
-    params = {
-        "text": {"lstm": jnp.ones(3)},
-        "image": {"trunk": {"conv1": jnp.ones(4)}, "emb_cnn_code": {"kernel": jnp.ones(2)}},
-    }
-    for freeze in (False, True):
-        config.damsm.freeze_trunk = freeze
-        up = _updates(pretrain_damsm.make_tx(config, steps_per_epoch=10), params)
-        assert np.all(np.asarray(up["image"]["trunk"]["conv1"]) == 0) == freeze
-        assert np.all(np.asarray(up["image"]["emb_cnn_code"]["kernel"]) != 0)
-        assert np.all(np.asarray(up["text"]["lstm"]) != 0)
-
-
-def test_stream_freeze_backbone_leaves_the_backbone_alone():
-    config = shapes.get_config("test")
-    params = {
-        "cnn": {"resnet": {"conv1": jnp.ones(4)}, "linear": {"kernel": jnp.ones(2)}},
-        "rnn": {"lstm": jnp.ones(3)},
-    }
-    for freeze in (False, True):
-        config.stream.freeze_backbone = freeze
-        up = _updates(pretrain_stream.make_tx(config), params)
-        assert np.all(np.asarray(up["cnn"]["resnet"]["conv1"]) == 0) == freeze
-        assert np.all(np.asarray(up["cnn"]["linear"]["kernel"]) != 0)
-        assert np.all(np.asarray(up["rnn"]["lstm"]) != 0)
 
 
 def test_config_checks():

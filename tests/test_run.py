@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from configs import shapes
-from mirrorgan_jax import pipeline, sample
+from mirrorgan_jax import run, sample
+from mirrorgan_jax.train import damsm, stream
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def workdir(tmp_path_factory):
     w = str(tmp_path_factory.mktemp("run"))
     config = shapes.get_config("test")
-    pipeline.run("all", config, w, sample_args=dict(text=["a big red circle on the left"]))
+    run.run("all", config, w, sample_args=dict(text=["a big red circle on the left"]))
     return w
 
 
@@ -59,13 +60,11 @@ def test_eval_metrics(workdir):
 
 def test_rerun_skips_finished_stages(workdir):
     before = sorted(os.listdir(os.path.join(workdir, "gan", "checkpoints")))
-    pipeline.run("train", shapes.get_config("test"), workdir)
+    run.run("train", shapes.get_config("test"), workdir)
     assert sorted(os.listdir(os.path.join(workdir, "gan", "checkpoints"))) == before
 
 
 def test_rerun_reuses_the_pretraining_reports(workdir, monkeypatch):
-    from mirrorgan_jax import pretrain_damsm, pretrain_stream
-
     reports = {}
     for stage, key in (("damsm", "image_to_text_top1"), ("stream", "token_accuracy")):
         with open(os.path.join(workdir, stage, "eval.json")) as f:
@@ -75,10 +74,10 @@ def test_rerun_reuses_the_pretraining_reports(workdir, monkeypatch):
     def evaluated_again(*args, **kwargs):
         raise AssertionError("a finished stage's test split was evaluated again")
 
-    monkeypatch.setattr(pretrain_damsm, "retrieval_accuracy", evaluated_again)
-    monkeypatch.setattr(pretrain_stream, "evaluate", evaluated_again)
-    pipeline.run("pretrain_damsm", shapes.get_config("test"), workdir)
-    pipeline.run("pretrain_stream", shapes.get_config("test"), workdir)
+    monkeypatch.setattr(damsm, "retrieval_accuracy", evaluated_again)
+    monkeypatch.setattr(stream, "evaluate", evaluated_again)
+    run.run("pretrain_damsm", shapes.get_config("test"), workdir)
+    run.run("pretrain_stream", shapes.get_config("test"), workdir)
     for stage, report in reports.items():
         with open(os.path.join(workdir, stage, "eval.json")) as f:
             assert json.load(f) == report, stage

@@ -1,10 +1,11 @@
 """`--mode=eval` -> W/eval/metrics.json: R-precision, IS/FID (with user-supplied Inception
 weights) and, on `shapes`, semantic accuracy from an attribute classifier.
 
-Protocol (SPEC 11): `eval.num_images` generated 256-px (last stage) images, one random caption
-of a split image each, looping over the split as DM-GAN does; the EMA generator in eval mode
-(BN running statistics, CA still sampling). R-precision follows DM-GAN: the true caption plus
-99 captions of other classes, cosine of DAMSM codes, top-k, 10 folds.
+Protocol (docs/official-differences.md, "Evaluation"): `eval.num_images` generated images of
+the last stage, one random caption of a split image each, looping over the split as DM-GAN
+does; the EMA generator in eval mode (BN running statistics, CA still sampling). R-precision
+follows DM-GAN: the true caption plus 99 captions of other classes, cosine of DAMSM codes,
+top-k, 10 folds.
 """
 
 from __future__ import annotations
@@ -18,33 +19,24 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from mirrorgan_jax import (
-    configuration,
-    parallel,
-    pipeline,
-    sample,
-    stages,
-    train_gan,
+from mirrorgan_jax import parallel
+from mirrorgan_jax import workdir as wd
+from mirrorgan_jax.evaluation import (
+    fid,
+    inception_score,
+    r_precision,
+    shapes_classifier,
+    shapes_metrics,
 )
-from mirrorgan_jax.evaluation import fid, inception_score, r_precision
+from mirrorgan_jax.models.inception import make_fid_inception_fn
+from mirrorgan_jax.torch_import.fid_inception import load_fid_inception
+from mirrorgan_jax.train import damsm, gan
 
 
-def _eval_batches(config, workdir, tok, mesh, split, captions, seed):
-    from mirrorgan_jax.data import input_pipeline
-
-    return input_pipeline.create_eval_dataset(
-        data_dir=pipeline.data_dir(config, workdir),
-        name=config.data.name,
-        split=split,
-        tokenizer=tok,
-        image_sizes=configuration.image_sizes(config),
-        batch_size=config.eval.batch_size,
-        words_num=config.eval.words_num,
-        captions=captions,
-        seed=seed,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        captions_per_image=config.data.captions_per_image,
+def _eval_batches(config, workdir, tok, split, captions, seed):
+    ev = config.eval
+    return wd.eval_batches(
+        config, workdir, tok, split, ev.batch_size, ev.words_num, captions=captions, seed=seed
     )
 
 
@@ -59,14 +51,14 @@ class Evaluator:
         self.config = config
         self.workdir = workdir
         self.mesh = parallel.make_mesh()
-        self.nets, self.tok = pipeline.networks(config, workdir)
-        g_params, g_stats, text_vars, self.step = sample.load_generator(
-            config, workdir, self.nets, self.mesh
-        )
-        damsm = stages.restore_damsm(config, workdir, self.nets, self.mesh)
+        self.nets, self.tok = wd.load_networks(config, workdir)
         nets = self.nets
-        frozen = train_gan.Frozen(text_encoder=text_vars, caption_cnn=None, caption_rnn=None)
-        image_vars = {"params": damsm.params["image"], "batch_stats": damsm.batch_stats}
+        gan_state, self.step = wd.restore_gan(config, workdir, nets, self.mesh)
+        g_vars = gan_state.generator.ema_variables()
+        damsm_state = wd.restore_damsm(config, workdir, nets, self.mesh)
+        text_vars = damsm.text_encoder_variables(damsm_state)
+        image_vars = damsm.image_encoder_variables(damsm_state)
+        frozen = gan.Frozen(text_encoder=text_vars, caption_cnn=None, caption_rnn=None)
 
         @jax.jit
         def sentence(tokens, lengths):
@@ -74,7 +66,7 @@ class Evaluator:
 
         @jax.jit
         def generate(tokens, lengths, rng):
-            out = train_gan.generate(nets, g_params, g_stats, frozen, tokens, lengths, rng)
+            out = gan.generate(nets, g_vars, frozen, tokens, lengths, rng)
             last = out.images[-1].astype(jnp.float32)
             _, code = nets.image_encoder.apply(image_vars, last, train=False)
             return last, code.astype(jnp.float32)
@@ -87,7 +79,7 @@ class Evaluator:
     def caption_pool(self, split: str):
         """Sentence codes and class ids of every caption of the split (R-precision pool)."""
         codes, classes = [], []
-        for batch in _eval_batches(self.config, self.workdir, self.tok, self.mesh, split, "all", 0):
+        for batch in _eval_batches(self.config, self.workdir, self.tok, split, "all", 0):
             ok = _valid(batch)
             d = self.device(batch)
             codes.append(np.asarray(self.sentence(d["tokens"], d["lengths"]))[ok])
@@ -103,7 +95,7 @@ class Evaluator:
         base = jax.random.key(seed)
         while done < num_images:
             for batch in _eval_batches(
-                self.config, self.workdir, self.tok, self.mesh, split, "random", seed + passes
+                self.config, self.workdir, self.tok, split, "random", seed + passes
             ):
                 if done >= num_images:
                     break
@@ -144,9 +136,6 @@ class InceptionMetrics:
     """IS and FID with the pytorch-fid Inception network (weights from the user)."""
 
     def __init__(self, config, workdir, mesh):
-        from mirrorgan_jax.models.fid_inception import make_fid_inception_fn
-        from mirrorgan_jax.torch_import.fid_inception import load_fid_inception
-
         # pool3 for FID; logits without the fc bias for IS, as OpenAI's IS code computes them
         variables = load_fid_inception(config.eval.inception_weights)
         self.apply = make_fid_inception_fn(variables, input_range="[-1,1]", logits_bias=False)
@@ -165,9 +154,7 @@ class InceptionMetrics:
         if os.path.exists(path):
             return fid.load_statistics(path)
         stats = fid.ActivationStatistics()
-        for batch in _eval_batches(
-            self.config, self.workdir, evaluator.tok, self.mesh, split, 0, 0
-        ):
+        for batch in _eval_batches(self.config, self.workdir, evaluator.tok, split, 0, 0):
             ok = _valid(batch)
             pool, _ = self.apply(np.asarray(batch["images"][-1])[ok])
             stats.update(np.asarray(pool))
@@ -236,15 +223,13 @@ class ShapesSemantics:
     """
 
     def __init__(self, config, workdir: str):
-        from mirrorgan_jax.evaluation import shapes_metrics as sm
-
-        self.sm = sm
+        sc = shapes_classifier
         path = os.path.join(workdir, "eval", "shapes_classifier.npz")
         if os.path.exists(path):
-            variables, self.report = sm.load_classifier(path)
+            variables, self.report = sc.load_classifier(path)
         else:
             ev = config.eval
-            variables, self.report = sm.train_classifier(
+            variables, self.report = sc.train_classifier(
                 num_train=ev.classifier_train_images,
                 steps=ev.classifier_steps,
                 image_size=config.data.shapes.image_size,
@@ -254,9 +239,9 @@ class ShapesSemantics:
             )
             if jax.process_index() == 0:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
-                sm.save_classifier(path, variables, self.report)
+                sc.save_classifier(path, variables, self.report)
         logging.info("shapes classifier on real images: %s", json.dumps(self.report, default=str))
-        self.predict = sm.make_predict_fn(variables)
+        self.predict = sc.make_predict_fn(variables)
 
     def start(self, split: str) -> "_SemanticAccumulator":
         return _SemanticAccumulator(self)
@@ -276,7 +261,7 @@ class _SemanticAccumulator:
         self.targets.append(np.asarray(batch["attributes"])[take])
 
     def result(self) -> dict:
-        sm = self.owner.sm
+        sm = shapes_metrics
         acc = sm.attribute_accuracy(np.concatenate(self.preds), np.concatenate(self.targets))
         fid_value = sm.domain_fid(np.concatenate(self.real_feats), np.concatenate(self.fake_feats))
         return {"semantic_accuracy": acc, "domain_fid": fid_value}

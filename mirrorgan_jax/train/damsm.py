@@ -1,31 +1,36 @@
 """DAMSM pretraining (`--mode=pretrain_damsm`): the STEM text encoder and the DAMSM image
-encoder trained with AttnGAN's word and sentence losses (SPEC sections 2 and 8b).
+encoder trained with AttnGAN's word and sentence losses (`taoxugit/AttnGAN code/pretrain_DAMSM.py`,
+`code/miscc/losses.py words_loss, sent_loss`).
 
 Official recipe: Adam(lr, 0.5, 0.999), gradient norm of the text encoder clipped at 0.25, lr
 x0.98 per epoch while above lr_min. The official code also re-creates Adam every epoch
-(resetting its moments); this port keeps one Adam and applies the same per-epoch lr.
+(resetting its moments); this port keeps one Adam and applies the same per-epoch lr
+(docs/official-differences.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import optax
 
 from mirrorgan_jax import losses
 from mirrorgan_jax.networks import Networks
+from mirrorgan_jax.parallel import jit_or_shapes
+from mirrorgan_jax.train.state import TrainState, stop_gradient_at, with_frozen_subtree
 
 
-@flax.struct.dataclass
-class DamsmState:
-    step: jax.Array
-    params: Any  # {"text": ..., "image": ...}
-    batch_stats: Any  # image encoder BN statistics
-    opt_state: Any
+@dataclasses.dataclass(frozen=True)
+class DamsmHyper:
+    lr: float = 0.002
+    lr_decay: float = 0.98  # per epoch while lr > lr_min
+    lr_min: float = 0.0002
+    grad_clip: float = 0.25  # on the text encoder's gradient norm
+    freeze_trunk: bool = False  # the image encoder's trunk is never updated (official: ImageNet)
+    gammas: tuple[float, float, float] = (4.0, 5.0, 10.0)
 
 
 def lr_schedule(lr: float, decay: float, lr_min: float, steps_per_epoch: int):
@@ -43,37 +48,34 @@ def lr_schedule(lr: float, decay: float, lr_min: float, steps_per_epoch: int):
     return schedule
 
 
-def make_tx(config, steps_per_epoch: int):
-    """Adam on everything, or, with `damsm.freeze_trunk` (the official recipe: a pretrained
-    Inception-v3 that is never updated), on everything but the image encoder's trunk."""
-    d = config.damsm
-    tx = optax.adam(lr_schedule(d.lr, d.lr_decay, d.lr_min, steps_per_epoch), b1=0.5, b2=0.999)
-    if not d.freeze_trunk:
-        return tx
-
-    def labels(params):
-        return {
-            "text": jax.tree.map(lambda _: "train", params["text"]),
-            "image": {k: ("frozen" if k == "trunk" else "train") for k in params["image"]},
-        }
-
-    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+def make_tx(hyper: DamsmHyper, steps_per_epoch: int) -> optax.GradientTransformation:
+    """Adam on both encoders; with `freeze_trunk`, not on the image encoder's trunk."""
+    schedule = lr_schedule(hyper.lr, hyper.lr_decay, hyper.lr_min, steps_per_epoch)
+    tx = optax.adam(schedule, b1=0.5, b2=0.999)
+    return with_frozen_subtree(tx, "image", "trunk") if hyper.freeze_trunk else tx
 
 
-def init_state(nets: Networks, tx, rng, abstract: bool = False) -> DamsmState:
+def damsm_state(tx, text: dict, image: dict) -> TrainState:
+    """The DAMSM state over these variables: params {"text", "image"}, the image encoder's
+    BatchNorm statistics, a fresh optimiser state."""
+    params = {"text": text["params"], "image": image["params"]}
+    return TrainState.create(params=params, tx=tx, batch_stats=image.get("batch_stats", {}))
+
+
+def text_encoder_variables(state: TrainState) -> dict:
+    return {"params": state.params["text"]}
+
+
+def image_encoder_variables(state: TrainState) -> dict:
+    return {"params": state.params["image"], "batch_stats": state.batch_stats}
+
+
+def init_state(nets: Networks, tx, rng, abstract: bool = False) -> TrainState:
     def build(r):
         kt, ki = jax.random.split(r)
-        text = nets.init_text_encoder(kt)
-        image = nets.init_image_encoder(ki)
-        params = {"text": text["params"], "image": image["params"]}
-        return DamsmState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            batch_stats=image.get("batch_stats", {}),
-            opt_state=tx.init(params),
-        )
+        return damsm_state(tx, nets.init_text_encoder(kt), nets.init_image_encoder(ki))
 
-    return jax.eval_shape(build, rng) if abstract else jax.jit(build)(rng)
+    return jit_or_shapes(build, rng, abstract=abstract)
 
 
 def damsm_losses(nets: Networks, params, batch_stats, batch, rng, gammas, train: bool):
@@ -105,38 +107,27 @@ def damsm_losses(nets: Networks, params, batch_stats, batch, rng, gammas, train:
 
 
 def train_step(
-    state: DamsmState, batch, rng, *, nets: Networks, tx, gammas, grad_clip: float,
-    freeze_trunk: bool = False,
-):  # fmt: skip
-    """One DAMSM step; the text encoder's gradient norm is clipped as the official code does."""
+    state: TrainState, batch, rng, *, nets: Networks, hyper: DamsmHyper
+) -> tuple[TrainState, dict]:
+    """One DAMSM step; the text encoder's gradient norm is clipped as the official code does
+    (`torch.nn.utils.clip_grad_norm_`, which divides by norm + 1e-6)."""
 
     def loss_fn(params):
-        if freeze_trunk:  # no backward pass through the trunk (its update is zero anyway)
-            image = {**params["image"], "trunk": jax.lax.stop_gradient(params["image"]["trunk"])}
-            params = {**params, "image": image}
-        return damsm_losses(nets, params, state.batch_stats, batch, rng, gammas, True)
+        if hyper.freeze_trunk:
+            params = stop_gradient_at(params, "image", "trunk")
+        return damsm_losses(nets, params, state.batch_stats, batch, rng, hyper.gammas, True)
 
     (_, (metrics, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     text_norm = optax.tree.norm(grads["text"])
-    scale = jnp.minimum(1.0, grad_clip / (text_norm + 1e-6))
+    scale = jnp.minimum(1.0, hyper.grad_clip / (text_norm + 1e-6))
     grads = {**grads, "text": jax.tree.map(lambda g: g * scale, grads["text"])}
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
     metrics["damsm/text_grad_norm"] = text_norm
     metrics["damsm/image_grad_norm"] = optax.tree.norm(grads["image"])
-    return DamsmState(state.step + 1, params, stats, opt_state), metrics
+    return state.apply_gradients(grads=grads, batch_stats=stats), metrics
 
 
-def make_train_step(nets: Networks, config, tx):
-    d = config.damsm
-    step = functools.partial(
-        train_step,
-        nets=nets,
-        tx=tx,
-        gammas=(d.gamma1, d.gamma2, d.gamma3),
-        grad_clip=d.grad_clip,
-        freeze_trunk=d.freeze_trunk,
-    )
+def make_train_step(nets: Networks, hyper: DamsmHyper):
+    step = functools.partial(train_step, nets=nets, hyper=hyper)
     return jax.jit(step, donate_argnums=(0,))
 
 
