@@ -23,10 +23,10 @@ run: $(STAMP)
 	$(PY) -m mirrorgan_jax.main --config=$(CONFIG) --workdir=$(WORKDIR)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check mirrorgan_jax configs tests launch
+	$(VENV)/bin/ruff check mirrorgan_jax configs tests launch experiments
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check mirrorgan_jax configs tests launch
+	$(VENV)/bin/ruff check mirrorgan_jax configs tests launch experiments
 	$(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=15 tests
 
 clean:

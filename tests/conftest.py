@@ -17,6 +17,7 @@ _SLOW_MODULES = (
     "test_gan.py",
     "test_benchmark.py",
     "test_shapes_classifier.py",
+    "test_shapes_sweep.py",
     "test_import_all.py",
     "test_evaluate.py",
 )

@@ -1,17 +1,12 @@
-"""launch/ablation.py: the run plan shares pretraining, and the table reaches the README."""
+"""experiments/ablation.py: the run plan shares pretraining, and the table reaches the results
+page."""
 
-import importlib.util
 import json
 import os
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-spec = importlib.util.spec_from_file_location(
-    "ablation", os.path.join(ROOT, "launch", "ablation.py")
-)
-ablation = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(ablation)
+from experiments import ablation
 
 
 def test_plan_pretrains_once_per_seed_and_varies_only_the_gan(tmp_path):
@@ -42,7 +37,7 @@ def _metrics(all_correct, r1):
     return {"splits": {"test": split, "test_novel": split}}
 
 
-def test_table_mean_and_spread_into_the_readme(tmp_path):
+def test_table_mean_and_spread_into_the_results_page(tmp_path):
     for s, value in ((1, 0.2), (2, 0.4)):
         for name in ablation.VARIANTS:
             d = tmp_path / f"seed{s}" / name / "eval"
@@ -53,14 +48,14 @@ def test_table_mean_and_spread_into_the_readme(tmp_path):
     assert mean == pytest.approx(0.3) and spread == pytest.approx(0.1)
     text = ablation.to_markdown(table, [1, 2], 600.0, "configs/shapes.py")
     assert "0.300 +- 0.100" in text and "**test_novel**" in text and "10 min" in text
-    readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{ablation.START}\nold\n{ablation.END}\noutro\n")
-    ablation.write_readme(str(readme), text)
-    content = readme.read_text()
+    doc = tmp_path / "shapes.md"
+    doc.write_text(f"intro\n{ablation.START}\nold\n{ablation.END}\noutro\n")
+    ablation.write_between_markers(str(doc), text)
+    content = doc.read_text()
     assert "old" not in content and "0.300 +- 0.100" in content and content.endswith("outro\n")
     (tmp_path / "plain.md").write_text("no markers")
     with pytest.raises(ValueError, match="markers"):
-        ablation.write_readme(str(tmp_path / "plain.md"), text)
+        ablation.write_between_markers(str(tmp_path / "plain.md"), text)
 
 
 def test_execute_shares_pretraining_and_one_classifier(tmp_path):

@@ -1,7 +1,7 @@
 """The paper's claim on `shapes`: does redescription (STREAM) make images match their text?
 
-  python launch/ablation.py [--config=configs/shapes.py] [--seeds=0,1] [--root=runs/ablation]
-                            [--train_steps=N] [--readme=README.md] [--dry_run]
+  python -m experiments.ablation [--config=configs/shapes.py] [--seeds=0,1] [--root=runs/ablation]
+                                 [--train_steps=N] [--doc=docs/shapes.md] [--dry_run]
 
 For each seed: one run prepares the data (shared by all runs) and pretrains DAMSM and STREAM;
 each variant copies those two finished stages and trains/evaluates its own generator:
@@ -12,7 +12,7 @@ Every run is scored by one attribute classifier (the measuring instrument): the 
 it and the others reuse its file. `--train_steps` shortens every GAN run (the table says so).
 The table (semantic accuracy, all-correct, R-precision, domain FID; mean +- spread over seeds;
 `test` and `test_novel`) goes to <root>/ablation.md and, between the markers
-`<!-- ablation:start -->` / `<!-- ablation:end -->`, into the README, with the run time.
+`<!-- ablation:start -->` / `<!-- ablation:end -->`, into the results page (`--doc`).
 """
 
 from __future__ import annotations
@@ -116,14 +116,14 @@ def to_markdown(
     return "\n".join(lines)
 
 
-def write_readme(readme: str, text: str) -> None:
-    with open(readme) as f:
+def write_between_markers(doc: str, text: str) -> None:
+    with open(doc) as f:
         content = f.read()
     if START not in content or END not in content:
-        raise ValueError(f"{readme}: no {START} ... {END} markers to put the table between")
+        raise ValueError(f"{doc}: no {START} ... {END} markers to put the table between")
     head, rest = content.split(START, 1)
     _, tail = rest.split(END, 1)
-    with open(readme, "w") as f:
+    with open(doc, "w") as f:
         f.write(f"{head}{START}\n{text}\n{END}{tail}")
 
 
@@ -155,7 +155,7 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--root", default="runs/ablation")
     p.add_argument("--train_steps", type=int, default=0, help="override config.train.steps")
-    p.add_argument("--readme", default="README.md")
+    p.add_argument("--doc", default="docs/shapes.md")
     p.add_argument("--dry_run", action="store_true")
     a = p.parse_args()
     seeds = [int(s) for s in a.seeds.split(",")]
@@ -166,7 +166,7 @@ def main() -> None:
     text = to_markdown(summarise(a.root, seeds), seeds, time.time() - t0, a.config, a.train_steps)
     with open(os.path.join(a.root, "ablation.md"), "w") as f:
         f.write(text + "\n")
-    write_readme(a.readme, text)
+    write_between_markers(a.doc, text)
     print(text)
 
 

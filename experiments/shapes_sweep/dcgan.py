@@ -11,19 +11,18 @@ MirrorGAN variants of `sweep.py`, but shares none of their model code:
      logit = dense(f) + <f, dense(sentence)> (a projection discriminator).
   Non-saturating logistic loss, one D and one G step per batch, Adam 2e-4 (0.5, 0.999).
 
-A research tool next to sweep.py, not part of the package.
+A research tool next to sweep.py, not part of the package (it uses the package's train states
+and text encoder as a user would).
 """
-
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
-from flax.training import train_state
 
-from mirrorgan_jax import train_gan
+from mirrorgan_jax.train import gan
+from mirrorgan_jax.train.state import TrainState
 
 
 class Generator(nn.Module):
@@ -57,10 +56,8 @@ class Discriminator(nn.Module):
 
 @struct.dataclass
 class State:
-    g: train_state.TrainState
-    d: train_state.TrainState
-    g_stats: Any
-    d_stats: Any
+    g: TrainState
+    d: TrainState
 
 
 def make_reference(nets, frozen, batch_size: int, sent_dim: int, width: int = 64, z_dim: int = 100):
@@ -75,10 +72,9 @@ def make_reference(nets, frozen, batch_size: int, sent_dim: int, width: int = 64
         gv = gen.init(k_g, z, s, True)
         dv = disc.init(k_d, jnp.zeros((batch_size, 64, 64, 3)), s)
         return State(
-            g=train_state.TrainState.create(apply_fn=None, params=gv["params"], tx=tx()),
-            d=train_state.TrainState.create(apply_fn=None, params=dv["params"], tx=tx()),
-            g_stats=gv["batch_stats"], d_stats=dv["batch_stats"],
-        )  # fmt: skip
+            g=TrainState.create(params=gv["params"], tx=tx(), batch_stats=gv["batch_stats"]),
+            d=TrainState.create(params=dv["params"], tx=tx(), batch_stats=dv["batch_stats"]),
+        )
 
     def d_apply(params, stats, x, s):
         variables = {"params": params, "batch_stats": stats}
@@ -86,14 +82,18 @@ def make_reference(nets, frozen, batch_size: int, sent_dim: int, width: int = 64
         return out, new["batch_stats"]
 
     def step(state, batch, key):
-        _, sent = train_gan.encode_text(nets, frozen, batch["tokens"], batch["lengths"])
+        _, sent = gan.encode_text(nets, frozen, batch["tokens"], batch["lengths"])
         sent = jax.lax.stop_gradient(sent)  # [B, D]
         real = batch["images"][-1]  # [B, 64, 64, 3]
         z = jax.random.normal(key, (real.shape[0], z_dim))
 
         def g_forward(p):
             x, new = gen.apply(
-                {"params": p, "batch_stats": state.g_stats}, z, sent, True, mutable=["batch_stats"]
+                {"params": p, "batch_stats": state.g.batch_stats},
+                z,
+                sent,
+                True,
+                mutable=["batch_stats"],
             )
             return x, new["batch_stats"]
 
@@ -101,27 +101,26 @@ def make_reference(nets, frozen, batch_size: int, sent_dim: int, width: int = 64
         fake, g_vjp, g_stats = jax.vjp(g_forward, state.g.params, has_aux=True)  # [B, 64, 64, 3]
 
         def d_loss_fn(p):
-            lr, st = d_apply(p, state.d_stats, real, sent)
+            lr, st = d_apply(p, state.d.batch_stats, real, sent)
             lf, st = d_apply(p, st, jax.lax.stop_gradient(fake), sent)
             loss = jnp.mean(jax.nn.softplus(-lr)) + jnp.mean(jax.nn.softplus(lf))
             return loss, st
 
         (d_loss, d_stats), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(state.d.params)
-        d = state.d.apply_gradients(grads=d_grads)
+        d = state.d.apply_gradients(grads=d_grads, batch_stats=d_stats)
 
         def g_loss_fn(x):
-            lf, _ = d_apply(d.params, d_stats, x, sent)
+            lf, _ = d_apply(d.params, d.batch_stats, x, sent)
             return jnp.mean(jax.nn.softplus(-lf))
 
         g_loss, d_fake = jax.value_and_grad(g_loss_fn)(fake)
         (g_grads,) = g_vjp(d_fake)
-        g = state.g.apply_gradients(grads=g_grads)
-        new = State(g=g, d=d, g_stats=g_stats, d_stats=d_stats)
-        return new, {"d_loss": d_loss, "g_loss": g_loss}
+        g = state.g.apply_gradients(grads=g_grads, batch_stats=g_stats)
+        return State(g=g, d=d), {"d_loss": d_loss, "g_loss": g_loss}
 
     def sample(state, tokens, lengths, key):
-        _, sent = train_gan.encode_text(nets, frozen, tokens, lengths)
+        _, sent = gan.encode_text(nets, frozen, tokens, lengths)
         z = jax.random.normal(key, (tokens.shape[0], z_dim))
-        return gen.apply({"params": state.g.params, "batch_stats": state.g_stats}, z, sent, False)
+        return gen.apply(state.g.variables(), z, sent, False)
 
     return jax.jit(init), step, sample

@@ -1,8 +1,9 @@
 """Builds the pack a GPU shapes sweep reads (run here, with the repo's venv; needs a workdir that
 has finished pretrain_damsm, pretrain_stream and eval, e.g. the one `make run` leaves).
 
-  python launch/shapes_sweep/make_pack.py WORKDIR PACK_DIR [N_TRAIN [N_TEST]]
+  python -m experiments.shapes_sweep.make_pack WORKDIR PACK_DIR [N_TRAIN [N_TEST [PRESET]]]
 
+(from the repository root; PRESET: the workdir's `configs/shapes.py` preset, default none).
 PACK_DIR gets: pack.npz (train captions tokenised [N, 10, T], test tokens/lengths/attributes),
 frozen.msgpack (STEM + STREAM variables), shapes_classifier.npz, meta.json. No images: the
 device renders them (render_images.py), so the pack stays a few MB.
@@ -17,17 +18,19 @@ import flax
 import jax
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-from configs import shapes as shapes_cfg  # noqa: E402
-from mirrorgan_jax import parallel, pipeline, stages  # noqa: E402
-from mirrorgan_jax.data import shapes  # noqa: E402
+from configs import shapes as shapes_cfg
+from mirrorgan_jax import parallel
+from mirrorgan_jax import workdir as wd
+from mirrorgan_jax.data import shapes
 
 
-def main(workdir: str, out: str, n_train: int = 20000, n_test: int = 1000) -> None:
-    config = shapes_cfg.get_config()
+def main(
+    workdir: str, out: str, n_train: int = 20000, n_test: int = 1000, preset: str = ""
+) -> None:
+    config = shapes_cfg.get_config(preset)
     with open(os.path.join(workdir, "config.json")) as f:
-        config.data.data_dir = json.load(f)["data"]["data_dir"]  # "" -> W/data (pipeline.data_dir)
-    nets, tok = pipeline.networks(config, workdir)
+        config.data.data_dir = json.load(f)["data"]["data_dir"]  # "" -> W/data (wd.data_dir)
+    nets, tok = wd.load_networks(config, workdir)
     seed, words = config.data.shapes.seed, config.data.words_num
     tokens = np.zeros((n_train, 10, words), np.int16)
     lengths = np.zeros((n_train, 10), np.int8)
@@ -41,7 +44,7 @@ def main(workdir: str, out: str, n_train: int = 20000, n_test: int = 1000) -> No
         test_tokens[i], test_lengths[i] = t[0], n[0]
     attributes = [shapes.sample_scene(i, "test", seed).attributes() for i in range(n_test)]
     os.makedirs(out, exist_ok=True)
-    frozen = stages.load_frozen(config, workdir, nets, parallel.make_mesh())
+    frozen = wd.restore_frozen(config, workdir, nets, parallel.make_mesh())
     state = jax.tree.map(np.asarray, flax.serialization.to_state_dict(frozen))
     with open(os.path.join(out, "frozen.msgpack"), "wb") as f:
         f.write(flax.serialization.msgpack_serialize(state))
@@ -56,4 +59,4 @@ def main(workdir: str, out: str, n_train: int = 20000, n_test: int = 1000) -> No
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], *(int(a) for a in sys.argv[3:5]))
+    main(sys.argv[1], sys.argv[2], *(int(a) for a in sys.argv[3:5]), *sys.argv[5:6])

@@ -1,15 +1,17 @@
 """One shapes GAN variant trained on a GPU without tf.data, scored along the way.
 
-  python launch/shapes_sweep/sweep.py PACK_DIR OUT_DIR NAME TIME_LIMIT_S [--crop] [--dcgan[=W]] \
-      [key=value ...]
+  python -m experiments.shapes_sweep.sweep PACK_DIR OUT_DIR NAME TIME_LIMIT_S [--crop] \
+      [--dcgan[=W]] [--preset=P] [key=value ...]
 
-The train step is `train_gan.train_step` of `configs/shapes.py` (with the key=value overrides,
+(from the repository root). The train step is `train.gan.train_step` of `configs/shapes.py`
+(its preset P, default none, with the key=value overrides,
 e.g. model.df_dim=32 train.lambda1=0.0), fed from the pack (make_pack.py, render_images.py):
 the whole image set sits on the device and each step draws its batch there (random images, one
 random caption of each; --crop adds the pipeline's 76/64 rescale, random crop and flip), so the
 host only dispatches. STEM and STREAM are the pack's frozen networks. At the steps in EVAL_AT and
 when TIME_LIMIT_S (counted from the start) runs out, the EMA generator draws the pack's test
 captions and the workdir's attribute classifier scores them (`shapes_metrics.attribute_accuracy`).
+The pack and the variant must use the same STEM/STREAM dimensions (the same preset).
 --dcgan trains the textbook conditional DCGAN of dcgan.py (same batches, sentence feature and
 scoring; of the overrides only train.batch_size applies) instead of the MirrorGAN G/D; W is its
 width (default 64, the textbook one).
@@ -29,17 +31,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-from configs import shapes as shapes_cfg  # noqa: E402
-from mirrorgan_jax import train_gan  # noqa: E402
-from mirrorgan_jax.evaluation import shapes_metrics as sm  # noqa: E402
-from mirrorgan_jax.networks import Networks  # noqa: E402
+from configs import shapes as shapes_cfg
+from experiments.shapes_sweep.dcgan import make_reference
+from mirrorgan_jax import hyperparameters
+from mirrorgan_jax.evaluation import shapes_classifier, shapes_metrics
+from mirrorgan_jax.networks import Networks
+from mirrorgan_jax.train import gan
 
 EVAL_AT = {500, 1000, 1700, 2500, 3400, 5000, 7000, 10000, 13000, 16000, 20000, 25000, 30000}
 
 
-def _config(overrides):
-    config = shapes_cfg.get_config()
+def _config(overrides, preset=""):
+    config = shapes_cfg.get_config(preset)
     pairs = (item.split("=", 1) for item in overrides)
     config.update_from_flattened_dict({k: ast.literal_eval(v) for k, v in pairs})
     return config
@@ -49,19 +52,21 @@ def _resize(x, size):  # PIL-like bilinear (antialiased when shrinking), rounded
     return jnp.round(jax.image.resize(x, (x.shape[0], size, size, 3), "linear", antialias=True))
 
 
-def main(pack_dir, out_dir, name, limit, crop, overrides, dcgan=0):
+def main(pack_dir, out_dir, name, limit, crop, overrides, dcgan=0, preset=""):
     t_start = time.time()
-    config = _config(overrides)
+    config = _config(overrides, preset)
     with open(os.path.join(pack_dir, "meta.json")) as f:
         meta = json.load(f)
     nets = Networks.from_config(config, n_words=meta["n_words"])
-    hyper = train_gan.GanHyper.from_config(config)
+    hyper = hyperparameters.gan(config)
     pack = np.load(os.path.join(pack_dir, "pack.npz"))
     with open(os.path.join(pack_dir, "frozen.msgpack"), "rb") as f:
         frozen_state = flax.serialization.msgpack_restore(f.read())
-    frozen = train_gan.Frozen(**jax.tree.map(jnp.asarray, frozen_state))
-    classifier, _ = sm.load_classifier(os.path.join(pack_dir, "shapes_classifier.npz"))
-    predict = sm.make_predict_fn(classifier)
+    frozen = gan.Frozen(**jax.tree.map(jnp.asarray, frozen_state))
+    classifier, _ = shapes_classifier.load_classifier(
+        os.path.join(pack_dir, "shapes_classifier.npz")
+    )
+    predict = shapes_classifier.make_predict_fn(classifier)
 
     images = jnp.asarray(np.load(os.path.join(pack_dir, "images.npy")))  # [N, 64, 64, 3] uint8
     tokens = jnp.asarray(pack["tokens"].astype(np.int32))  # [N, 10, T]
@@ -93,9 +98,7 @@ def main(pack_dir, out_dir, name, limit, crop, overrides, dcgan=0):
         }
 
     if dcgan:
-        from dcgan import make_reference  # launch/shapes_sweep/dcgan.py, beside this script
-
-        encode = lambda t, n: train_gan.encode_text(nets, frozen, t, n)[1]  # noqa: E731
+        encode = lambda t, n: gan.encode_text(nets, frozen, t, n)[1]  # noqa: E731
         sent_dim = jax.eval_shape(encode, tokens[:1, 0], lengths[:1, 0]).shape[-1]
         ref_init, ref_step, ref_sample = make_reference(nets, frozen, b, sent_dim, dcgan)
 
@@ -105,14 +108,14 @@ def main(pack_dir, out_dir, name, limit, crop, overrides, dcgan=0):
         batch = make_batch(k_batch)
         if dcgan:
             return ref_step(state, batch, k_step)
-        return train_gan.train_step(state, batch, k_step, frozen, nets=nets, hyper=hyper)
+        return gan.train_step(state, batch, k_step, frozen, nets=nets, hyper=hyper)
 
     @jax.jit
     def generate(state, tok, length, key):
         if dcgan:
             return ref_sample(state, tok, length, key)
-        params, stats = state.ema_params, state.g_batch_stats
-        return train_gan.generate(nets, params, stats, frozen, tok, length, key).images[-1]
+        g_vars = state.generator.ema_variables()
+        return gan.generate(nets, g_vars, frozen, tok, length, key).images[-1]
 
     test_tokens, test_lengths = pack["test_tokens"], pack["test_lengths"]
 
@@ -122,12 +125,12 @@ def main(pack_dir, out_dir, name, limit, crop, overrides, dcgan=0):
             x = generate(
                 state, test_tokens[i : i + 100], test_lengths[i : i + 100], jax.random.key(100 + i)
             )
-            x = jnp.clip(x.astype(jnp.float32), -1, 1)  # [100, 64, 64, 3]
+            x = jnp.clip(x.astype(jnp.float32), -1, 1)  # [100, S, S, 3]
             if i == 0:
                 grid = np.asarray(jnp.round((x[:16] + 1) * 127.5)).astype(np.uint8)
                 np.save(os.path.join(out_dir, f"{name}_samples_{at}.npy"), grid)
             preds.append(np.asarray(predict(x)[0]))
-        acc = sm.attribute_accuracy(np.concatenate(preds), pack["test_attributes"])
+        acc = shapes_metrics.attribute_accuracy(np.concatenate(preds), pack["test_attributes"])
         return {k: round(v, 4) for k, v in acc.items() if "/" not in k or k == "field/shape0"}
 
     log = open(os.path.join(out_dir, f"{name}.jsonl"), "a")
@@ -144,7 +147,7 @@ def main(pack_dir, out_dir, name, limit, crop, overrides, dcgan=0):
     if dcgan:
         state = ref_init(jax.random.key(config.seed + 3))
     else:
-        state = train_gan.init_gan_state(nets, hyper, jax.random.key(config.seed + 3))
+        state = gan.init_gan_state(nets, hyper, jax.random.key(config.seed + 3))
     rng = jax.random.key(config.seed + 2)
     i, t0 = 0, None
     while True:
@@ -170,7 +173,9 @@ def main(pack_dir, out_dir, name, limit, crop, overrides, dcgan=0):
 if __name__ == "__main__":
     args = sys.argv[5:]
     widths = [int(a.partition("=")[2] or 64) for a in args if a.startswith("--dcgan")]
+    presets = [a.partition("=")[2] for a in args if a.startswith("--preset=")]
     main(
         sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), "--crop" in args,
         [a for a in args if "=" in a and not a.startswith("--")], (widths or [0])[0],
+        (presets or [""])[0],
     )  # fmt: skip
