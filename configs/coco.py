@@ -1,4 +1,5 @@
-"""COCO-2014: AttnGAN's COCO dimensions (GF 48 / DF 96 / R 3), SPEC sections 9 and 13.
+"""COCO-2014: AttnGAN's COCO dimensions (GF 48 / DF 96 / R 3,
+`taoxugit/AttnGAN code/cfg/coco_attn2.yml`; MirrorGAN released no COCO config).
 
   python -m mirrorgan_jax.main --config=configs/coco.py --workdir=runs/coco \
       --config.data.manual_dir=/path/to/coco

@@ -33,7 +33,7 @@ def get_base_config() -> ml_collections.ConfigDict:
         dict(num_train=20000, num_test=2000, num_test_novel=1000, image_size=64, seed=1234)
     )
 
-    # ---- model (SPEC sections 2-7) ----
+    # ---- model ----
     m = c.model = ml_collections.ConfigDict()
     m.n_words = 0  # 0 -> taken from the prepared tokenizer; set for describe/import
     m.word_embedding_dim = 300  # RNN_ENCODER ninput (constructor default)
@@ -50,7 +50,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     m.r_num = 2
     m.branch_num = 3  # stages: 64 / 128 / 256
     m.base_size = 64
-    m.word_attention_mask = "official"  # "official" (SPEC 12.1 quirk) | "per_sample"
+    m.word_attention_mask = "official"  # "official" (its quirk) | "per_sample"
     m.sentence_attention_softmax = "channel"  # "channel" (official) | "spatial"
     m.sentence_attention = True  # False: the ablation without sentence-level attention
     m.stream_backbone = "resnet152"  # resnet152 | resnet50 | resnet18 | resnet_tiny
@@ -60,7 +60,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     m.damsm_backbone = "inception_v3"  # inception_v3 | tiny
     m.damsm_image_size = 299
 
-    # ---- DAMSM pretraining (SPEC 2, 8b) ----
+    # ---- DAMSM pretraining (taoxugit/AttnGAN code/pretrain_DAMSM.py) ----
     dm = c.damsm = ml_collections.ConfigDict()
     dm.batch_size = 48
     dm.epochs = 600
@@ -76,7 +76,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     dm.checkpoint_every = 1000
     dm.log_every = 100
 
-    # ---- STREAM pretraining (SPEC 6, 16.3) ----
+    # ---- STREAM pretraining (docs/official-differences.md) ----
     st = c.stream = ml_collections.ConfigDict()
     st.batch_size = 128
     st.epochs = 5
@@ -95,7 +95,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     bp.batch_size = 32
     bp.lr = 2e-3
 
-    # ---- MirrorGAN training (SPEC 8, 9) ----
+    # ---- MirrorGAN training (qiaott/MirrorGAN cfg/train_bird.yml) ----
     t = c.train = ml_collections.ConfigDict()
     t.batch_size = 12
     t.epochs = 600

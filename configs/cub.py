@@ -1,4 +1,5 @@
-"""CUB-200-2011 with the Reed captions: the official MirrorGAN configuration (SPEC section 9).
+"""CUB-200-2011 with the Reed captions: the official MirrorGAN configuration
+(`qiaott/MirrorGAN cfg/train_bird.yml`).
 
   python -m mirrorgan_jax.main --config=configs/cub.py --workdir=runs/cub \
       --config.data.manual_dir=/path/to/birds

@@ -128,8 +128,8 @@ def _train(spec, ckpt, state, start, step_fn, batches, rng, on_log):
     finally:
         preemption.close()
         if hasattr(data, "close"):
-            # Closing the tf.data iterator took 23-52 s at the end of long stages (measured:
-            # the close itself, not the writers); the next stage need not wait for it.
+            # Closing the tf.data iterator can take tens of seconds after a long stage (the
+            # close itself, not the writers); the next stage need not wait for it.
             threading.Thread(
                 target=_close_input, args=(spec.name, data), name="close-input", daemon=True
             ).start()

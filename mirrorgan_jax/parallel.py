@@ -1,13 +1,13 @@
 """Device layout: the one place that knows about meshes, shardings and processes.
 
-Data parallelism over a 1-D mesh with the axis `DATA_AXIS` ("data") spanning every device of
-every process. Training steps are plain `jax.jit` functions whose batch arguments carry
-`batch_sharding(mesh)` and whose state carries `replicated(mesh)`. The mesh uses
-`AxisType.Auto` (see JAX-NOTES pitfall 1), so XLA partitions the computation itself: a
-reduction over the batch axis, e.g. the mean/variance inside `TorchBatchNorm`, becomes an
-all-reduce, and the BatchNorm statistics are those of the GLOBAL batch (exactly as on one
-device with the whole batch), gradients are averaged over the whole batch, and the replicated
-outputs stay replicated. No `shard_map`/`pmap` is needed for that.
+Data parallelism over a 1-D mesh with the axis `DATA_AXIS` ("data") spanning every device of every
+process. Training steps are plain `jax.jit` functions whose batch arguments carry
+`batch_sharding(mesh)` and whose state carries `replicated(mesh)`. The mesh uses `AxisType.Auto`
+(explicit axes would demand a sharding rule for every op), so XLA partitions the computation itself:
+a reduction over the batch axis, e.g. the mean/variance inside `TorchBatchNorm`, becomes an
+all-reduce, and the BatchNorm statistics are those of the GLOBAL batch (exactly as on one device
+with the whole batch), gradients are averaged over the whole batch, and the replicated outputs stay
+replicated. No `shard_map`/`pmap` is needed for that.
 
 Multi-host: every process runs the same program, calls `maybe_initialize_distributed()` before
 any other JAX call, feeds its own slice of the global batch to `shard_batch`, and gets global

@@ -1,4 +1,5 @@
-"""COCO-2014 captions, from the raw release or from the AttnGAN folder layout (SPEC 10.1).
+"""COCO-2014 captions, from the raw release or from the AttnGAN folder layout
+(`taoxugit/AttnGAN code/datasets.py TextDataset`).
 
     python -m mirrorgan_jax.main --config=configs/coco.py --mode=prepare \
         --config.data.manual_dir=/path/to/coco

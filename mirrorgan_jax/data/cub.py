@@ -1,4 +1,5 @@
-"""CUB-200-2011 with the Reed et al. captions, in the AttnGAN/MirrorGAN folder layout (SPEC 10.1).
+"""CUB-200-2011 with the Reed et al. captions, in the AttnGAN/MirrorGAN folder layout
+(`qiaott/MirrorGAN datasets.py TextDataset`).
 
     python -m mirrorgan_jax.main --config=configs/cub.py --mode=prepare \
         --config.data.manual_dir=/path/to/birds

@@ -8,12 +8,12 @@ parallel calls: global step k is stream positions [k*B, (k+1)*B), host i takes r
 [i*B/P, (i+1)*B/P) of it, and `start_step=k` starts exactly there (skipping at most one epoch of
 undecoded records). Every host reads all records and keeps its own rows before decoding.
 
-Per example (SPEC 10.2-10.3): one of the first `captions_per_image` captions at random, tokenized
-(a caption longer than `words_num` keeps a random ordered subset of its tokens, or its first
-`words_num` with long_caption="truncate"); image: shorter side resized to int(S*76/64)
-(bilinear, antialiased like PIL, rounded to uint8 values), random S x S crop, random horizontal
-flip; with random_crop=False shorter side to S and a centre crop. Smaller stages are resized
-from the crop; values in [-1, 1]; each batch sorted by caption length, descending.
+Per example (`qiaott/MirrorGAN datasets.py TextDataset`): one of the first `captions_per_image`
+captions at random, tokenized (a caption longer than `words_num` keeps a random ordered subset of
+its tokens, or its first `words_num` with long_caption="truncate"); image: shorter side resized to
+int(S*76/64) (bilinear, antialiased like PIL, rounded to uint8 values), random S x S crop, random
+horizontal flip; with random_crop=False shorter side to S and a centre crop. Smaller stages are
+resized from the crop; values in [-1, 1]; each batch sorted by caption length, descending.
 
 Evaluation (`create_eval_dataset`): one pass, no shuffle, every example once (or every caption
 once), padded to whole batches with rows marked `valid=False`.

@@ -451,7 +451,8 @@ def _make_builder_class():
             super().__init__(**kwargs)
 
         def _info(self):
-            # dataset_info_from_configs() needs a package dir (JAX-NOTES pitfall 7).
+            # dataset_info_from_configs() needs the builder's package directory, which a builder
+            # made inside a function does not have.
             return tfds.core.DatasetInfo(
                 builder=self,
                 description=__doc__,

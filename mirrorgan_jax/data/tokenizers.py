@@ -1,4 +1,5 @@
-"""Caption tokenizers: AttnGAN's word vocabulary (SPEC 10.2) and a SentencePiece model.
+"""Caption tokenizers: AttnGAN's word vocabulary (`datasets.py load_captions`) and a SentencePiece
+model.
 
 Both share one interface (`Tokenizer`): id 0 is padding (AttnGAN's `<end>`), `encode` returns
 ids without padding or end token, `encode_batch` makes the zero-padded [N, T] token matrix and

@@ -1,4 +1,5 @@
-"""Fréchet Inception Distance arithmetic, as pytorch-fid computes it (SPEC 11).
+"""Fréchet Inception Distance arithmetic, as pytorch-fid computes it (docs/official-differences.md,
+"Evaluation").
 
 The feature extractor (pytorch-fid's InceptionV3 pool3, 2048-d) lives elsewhere; this module only
 turns activations into statistics and statistics into a distance:

@@ -1,6 +1,6 @@
 """Inception Score arithmetic, as the StackGAN / AttnGAN / DM-GAN evaluation scripts compute it.
 
-`DM-GAN:eval/IS/bird/inception_score_bird.py:get_inception_score` (SPEC 11): the class
+`MinfengZhu/DM-GAN eval/IS/bird/inception_score_bird.py get_inception_score`: the class
 probabilities [N, C] are cut into `splits` contiguous parts (part i is rows
 `i*N//splits : (i+1)*N//splits`); per part, score = exp(mean_x KL(p(y|x) || p(y))) with p(y) the
 part's mean prediction; the result is the mean and (population) std of the per-part scores.

@@ -1,4 +1,5 @@
-"""R-precision, following DM-GAN's implementation of the AttnGAN protocol (SPEC 11).
+"""R-precision, following DM-GAN's implementation of the AttnGAN protocol
+(`MinfengZhu/DM-GAN code/trainer.py`, `code/datasets.py`).
 
 `DM-GAN:code/trainer.py:419-493` and `code/datasets.py:get_mis_caption`: for each generated image
 i, the DAMSM image code v_i is compared by cosine similarity with 100 sentence embeddings: its true

@@ -240,8 +240,7 @@ def train_classifier(
     }
     render_seconds = time.perf_counter() - t0
 
-    # One compiled program instead of one per initialiser, with an 'rbg' key (a threefry key
-    # made this compile take 9.6 s).
+    # One compiled program instead of one per initialiser, with the fast 'rbg' key.
     variables = jit_init(
         model.init, jax.random.key(seed), jnp.zeros((1, image_size, image_size, 3), jnp.float32)
     )

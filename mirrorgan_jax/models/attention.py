@@ -1,4 +1,5 @@
-"""GLAM: the global-local attention of MirrorGAN's later generator stages (SPEC 4.3, 12.1-12.2).
+"""GLAM: the global-local attention of MirrorGAN's later generator stages (`qiaott/MirrorGAN
+GLAttention.py GLAttentionGeneral`; its two quirks: docs/official-differences.md).
 
 `GLAttentionGeneral` of the official code, in NHWC. Spatial positions are flattened in PyTorch's
 row-major order (n = y * W + x), which matters for the official word-mask quirk.
@@ -26,7 +27,7 @@ def word_mask_rows(pad_mask: Array, num_positions: int, mode: str) -> Array:
     """The pad mask each attention row (sample b, position n) is given.
 
     "official": the scores are viewed as (B*N) x T and masked with `mask.repeat(N, 1)`, so row
-    (b, n) gets mask[(b*N + n) % B] (SPEC 12.1). "per_sample": mask[b].
+    (b, n) gets mask[(b*N + n) % B] (docs/official-differences.md). "per_sample": mask[b].
 
     Args:
       pad_mask: bool [B, T], True = pad.
@@ -53,7 +54,7 @@ class GlobalLocalAttention(nn.Module):
     `sentence_attention` is True.
 
     Attributes:
-      word_attention_mask: "official" (mask of sample (b*N+n) % B, SPEC 12.1) or "per_sample".
+      word_attention_mask: "official" (mask of sample (b*N+n) % B) or "per_sample".
       sentence_attention_softmax: "channel" (official: over channels) or "spatial" (over H*W).
       sentence_attention: False drops the sentence branch (returns None for its outputs).
       dtype: computation dtype (softmaxes run in float32).

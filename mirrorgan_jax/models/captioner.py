@@ -1,4 +1,5 @@
-"""STREAM: the image captioner that closes MirrorGAN's text -> image -> text loop (SPEC section 6).
+"""STREAM: the image captioner that closes MirrorGAN's text -> image -> text loop
+(`qiaott/MirrorGAN model.py CAPTION_CNN`, `CAPTION_RNN`).
 
 `CaptionCNN` is the official `CAPTION_CNN`: bilinear resize to `image_size` (no antialiasing, no
 ImageNet mean/std normalisation: the [-1, 1] generator output goes in as it is), a torchvision

@@ -1,8 +1,8 @@
 """2-D convolution whose weight gradient is computed with matmuls: the fast path on XLA:CPU.
 
 XLA:CPU computes a convolution's weight gradient several times slower per FLOP than its
-forward pass or its input gradient (../shared/JAX-NOTES.md section 5; measure it with
-`python -m mirrorgan_jax.benchmark --config=configs/shapes.py --what=conv`). For an NHWC
+forward pass or its input gradient (docs/performance.md; measure it with
+`python -m mirrorgan_jax.tools.benchmark --config=configs/shapes.py --what=conv`). For an NHWC
 input x, HWIO kernel W (kh x kw) and output gradient dy, the weight gradient is
 
     dW[i, j] = sum_{b, p, q} x_pad[b, p * sh + i, q * sw + j, :]^T  dy[b, p, q, :]
@@ -72,9 +72,8 @@ def _conv(x, w, strides, padding, precision):
 
 
 # Largest im2col block (bytes) built at once by the weight gradient; the batch is cut into
-# chunks of whole images to stay under it (one image when a single image exceeds it). On this
-# CPU 16 MB ran as fast or faster than 64 or 256 MB, and 256 MB raised the CUB step's XLA
-# temporary memory from 5.87 to 6.43 GB.
+# chunks of whole images to stay under it (one image when a single image exceeds it). Larger
+# blocks ran no faster and raise the step's temporary memory (docs/performance.md).
 _IM2COL_BYTES = 16 * 2**20
 
 
@@ -144,7 +143,7 @@ _MIN_MATMUL_COUT = 16
 
 def _weight_grad(x, dy, kernel_hw, strides, padding, precision):
     """dW [kh, kw, C_in, C_out], float32: an im2col block for stride 1, per-tap matmuls for
-    strided convolutions (the faster of the two for each; timings in the README)."""
+    strided convolutions (the faster of the two for each, docs/performance.md)."""
     (pt, pb), (pl, pr) = padding
     xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))  # [B, H+pt+pb, W+pl+pr, C_in]
     form = _weight_grad_im2col if tuple(strides) == (1, 1) else _weight_grad_taps

@@ -1,4 +1,5 @@
-"""MirrorGAN discriminators D_NET64 / D_NET128 / D_NET256 with both heads (SPEC section 5).
+"""MirrorGAN discriminators D_NET64 / D_NET128 / D_NET256 with both heads
+(`qiaott/MirrorGAN model.py D_NET64`, `D_NET128`, `D_NET256`).
 
 `Discriminator.__call__` is the shared trunk (image -> [B, 4, 4, 8*df] features); the heads
 `uncond_logits` and `cond_logits` return pre-sigmoid logits (the official heads end in a Sigmoid,

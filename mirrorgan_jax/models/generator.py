@@ -1,4 +1,5 @@
-"""The MirrorGAN generator: conditioning augmentation + GLAM stages (SPEC sections 3 and 4).
+"""The MirrorGAN generator: conditioning augmentation + GLAM stages (`qiaott/MirrorGAN model.py
+CA_NET`, `G_NET`).
 
 `Generator` = `G_NET`: CA_NET -> INIT_STAGE_G (base_size px) -> NEXT_STAGE_G x (branch_num - 1),
 each stage followed by an image head. NHWC throughout; the one NCHW-specific step (the reshape

@@ -1,4 +1,4 @@
-"""DAMSM image encoder (official `CNN_ENCODER`, SPEC section 7), NHWC.
+"""DAMSM image encoder (`taoxugit/AttnGAN code/model.py CNN_ENCODER`), NHWC.
 
 images [B, H, W, 3] in [-1, 1] -> bilinear resize to `image_size` (no normalisation, as the
 official forward) -> trunk -> two heads:

@@ -1,7 +1,7 @@
 """Building blocks shared by every model: PyTorch-exact BatchNorm, LSTM, GLU, initialisers.
 
 All tensors are NHWC (images) or [B, T, D] (sequences). Each block reproduces the PyTorch
-semantics the official code relies on (see ../shared/SPEC.md sections 4-6 and 12.3), so that
+semantics the official code relies on (docs/official-differences.md, "Networks"), so that
 weights converted from the official state dicts give the same numbers.
 """
 
@@ -31,8 +31,7 @@ Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
 def fast_init_key(rng: Array) -> Array:
     """An 'rbg' key derived from `rng`, for initialisers only (use it inside the jitted init).
 
-    Threefry random bits compile slowly on XLA:CPU (a few seconds per dozen initialisers; the
-    shapes attribute classifier's init compiled in 9.6 s with a threefry key); the
+    Threefry random bits compile slowly on XLA:CPU (seconds per dozen initialisers); the
     RngBitGenerator-based 'rbg' keys compile several times faster. Initialisation runs
     unsharded, so the result is deterministic for a given seed and backend. Training steps keep
     the default (sharding-invariant) threefry keys.

@@ -1,4 +1,5 @@
-"""torchvision-structured ResNet backbones (NHWC) for the STREAM image encoder (SPEC section 6).
+"""torchvision-structured ResNet backbones (NHWC) for the STREAM image encoder
+(`qiaott/MirrorGAN model.py CAPTION_CNN`).
 
 The layout follows `torchvision.models.resnet` exactly (v1.5: the stride of a Bottleneck sits on
 its 3x3 conv), so ImageNet or official `CAPTION_CNN` weights convert one to one

@@ -1,4 +1,4 @@
-"""STEM: the bidirectional-LSTM text encoder (`RNN_ENCODER`, SPEC section 2).
+"""STEM: the bidirectional-LSTM text encoder (`qiaott/MirrorGAN model.py RNN_ENCODER`).
 
 Token ids -> embedding (U(-0.1, 0.1) init) -> dropout (train only) -> BiLSTM over each caption's
 true length. Equal to PyTorch's packed-sequence BiLSTM: padded steps output exactly 0, the

@@ -1,5 +1,6 @@
 """MirrorGAN training (`--mode=train`): GLAM + CA against one discriminator per stage, plus the
-STREAM redescription loss, in the official update order (SPEC sections 8 and 9):
+STREAM redescription loss, in the official update order
+(`qiaott/MirrorGAN trainer.py Trainer.train`):
 
   one G forward -> update every D on the stopped-gradient fakes -> G loss through the *updated*
   Ds (+ lambda1 * STREAM cross-entropy on the last stage + KL) -> G update -> EMA of G.
@@ -124,7 +125,7 @@ def r1_penalty(d: Discriminator, params, stats, real, sent):
 
 def discriminator_loss_fn(d: Discriminator, params, stats, real, fake, sent, r1_gamma=0.0):
     """Official discriminator_loss: separate train-mode forwards for real and fake; the
-    'wrong' pair is the cond head on real features[0:B-1] with sent[1:B] (SPEC 8). With
+    'wrong' pair is the cond head on real features[0:B-1] with sent[1:B]. With
     `r1_gamma` > 0, plus r1_gamma x `r1_penalty` (an option, not the official loss)."""
     r1 = r1_penalty(d, params, stats, real, sent) if r1_gamma else jnp.zeros((), jnp.float32)
     f_real, stats = _d_apply(d, params, stats, Discriminator.__call__, real)
@@ -156,10 +157,11 @@ def stream_cross_entropy(nets: Networks, frozen: Frozen, image, tokens, lengths)
 def sort_by_caption_length(batch: dict) -> dict:
     """The global batch ordered by caption length, longest first, ties in batch order (stable).
 
-    The official batch is length-sorted (SPEC 10.3.4) and the mismatched pairs are neighbours in
-    that order (SPEC 8). Each host's pipeline sorts only its own rows, so on several hosts the
-    global batch would be sorted per host and pair other neighbours; sorting here, on the global
-    array, gives every process count the same batch (on one host it is the identity)."""
+    The official batch is length-sorted (`datasets.py prepare_data`) and the mismatched pairs are
+    neighbours in that order (`miscc/losses.py discriminator_loss`). Each host's pipeline sorts
+    only its own rows, so on several hosts the global batch would be sorted per host and pair
+    other neighbours; sorting here, on the global array, gives every process count the same
+    batch (on one host it is the identity)."""
     order = jnp.argsort(-batch["lengths"], stable=True)  # [B]
     return jax.tree.map(lambda x: jnp.take(x, order, axis=0), batch)
 

@@ -1,11 +1,11 @@
 """The train states: one Flax `TrainState` per optimised unit, the generator's with its EMA.
 
 `TrainState` is Flax's (step, params, `tx`, opt_state) plus the BatchNorm running statistics
-(`batch_stats`); `apply_gradients(grads=g, batch_stats=s)` is one optimiser step that also
-replaces the statistics. `GeneratorState` adds the exponential moving average of the
-parameters that snapshots and samples use, updated in `apply_gradients` after the optimiser
-step, as `qiaott/MirrorGAN trainer.py train` does after every G step (parameters only: the BN
-statistics are the live ones, as the official `load_params` uses them).
+(`batch_stats`); `apply_gradients(grads=g, batch_stats=s)` is one optimiser step that also replaces
+the statistics. `GeneratorState` adds the exponential moving average of the parameters that
+snapshots and samples use, updated in `apply_gradients` after the optimiser step, as
+`qiaott/MirrorGAN trainer.py Trainer.train` does after every G step (parameters only: the BN
+statistics are the live ones, as the official `miscc/utils.py load_params` leaves them).
 
 Who holds which state: the GAN stage a `GanState` (the generator's and one per
 discriminator, each with its own Adam, as the official code builds one optimiser per network);

@@ -28,7 +28,8 @@ def read_split(data_dir, split):
 
 
 def official_crop(path, bbox):
-    """SPEC 10.3 step 1, written out independently of the code under test."""
+    """The official bounding-box crop (`datasets.py get_imgs`), written out independently of the
+    code under test."""
     img = np.asarray(Image.open(path).convert("RGB"))
     h, w = img.shape[:2]
     x, y, bw, bh = (int(v) for v in bbox)  # pandas .astype(int) truncates

@@ -1,6 +1,6 @@
-"""STREAM captioner: parameter counts (SPEC 13), shapes, teacher forcing, greedy decoding, the
-caption loss and the PyTorch-exact bilinear resize. Only tiny models run forward here; the
-full-size ResNet-152 is checked with jax.eval_shape only."""
+"""STREAM captioner: parameter counts (the official ones), shapes, teacher forcing, greedy decoding
+and the PyTorch-exact bilinear resize (the caption loss is in test_losses.py). Only tiny models run
+forward here; the full-size ResNet-152 is checked with jax.eval_shape only."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def abstract_rnn(n_words: int, embed: int, hidden: int):
     )
 
 
-# ----------------------------------------------------------------------------- counts (SPEC 13)
+# ----------------------------------------------------------------------------- counts
 
 
 def test_caption_cnn_resnet152_param_count():

@@ -159,7 +159,7 @@ def test_official_mask_equals_per_sample_when_lengths_are_equal(attention_params
     b = run_attention(attention_params, mixed, word_attention_mask="per_sample")
     assert not np.allclose(np.asarray(a[0]), np.asarray(b[0]))  # word context
     assert not np.allclose(np.asarray(a[2]), np.asarray(b[2]))  # word attention
-    # per_sample never attends to a sample's own pads; official does (SPEC 12.1).
+    # per_sample never attends to a sample's own pads; official does (the mask-ordering quirk).
     pad = mixed[3]
     att_ps, att_off = np.asarray(b[2]), np.asarray(a[2])
     assert np.all(att_ps[np.broadcast_to(pad[:, None, None, :], att_ps.shape)] == 0.0)

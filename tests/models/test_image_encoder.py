@@ -1,5 +1,5 @@
-"""DAMSM image encoder: parameter counts (SPEC 13) and shapes of the full Inception-v3 model
-(jax.eval_shape only), and real forwards of the tiny `shapes` trunk."""
+"""DAMSM image encoder: parameter counts (the official ones) and shapes of the full Inception-v3
+model (jax.eval_shape only), and real forwards of the tiny `shapes` trunk."""
 
 from __future__ import annotations
 
