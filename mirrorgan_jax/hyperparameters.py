@@ -1,7 +1,11 @@
 """Config -> the typed hyperparameters of the training steps in `train/` (which never read a
-config), as `networks.py` is config -> modules."""
+config), as `networks.py` is config -> modules. A hyperparameter is the config key of the same
+name in the stage's section."""
 
 from __future__ import annotations
+
+import dataclasses
+from typing import Any, TypeVar
 
 import ml_collections
 
@@ -9,32 +13,23 @@ from mirrorgan_jax.train.damsm import DamsmHyper
 from mirrorgan_jax.train.gan import GanHyper
 from mirrorgan_jax.train.stream import StreamHyper
 
+H = TypeVar("H")
+
+
+def _from_section(cls: type[H], section: ml_collections.ConfigDict, **derived: Any) -> H:
+    """`cls` with each field read from the config key of its name, but those given."""
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in derived]
+    return cls(**{name: section[name] for name in names}, **derived)
+
 
 def gan(config: ml_collections.ConfigDict) -> GanHyper:
-    t = config.train
-    return GanHyper(
-        lr_g=t.lr_g,
-        lr_d=t.lr_d,
-        beta1=t.beta1,
-        beta2=t.beta2,
-        ema_decay=t.ema_decay,
-        lambda1=t.lambda1,
-        ema_warmup=t.ema_warmup,
-        r1_gamma=t.r1_gamma,
-    )
+    return _from_section(GanHyper, config.train)
 
 
 def damsm(config: ml_collections.ConfigDict) -> DamsmHyper:
     d = config.damsm
-    return DamsmHyper(
-        lr=d.lr,
-        lr_decay=d.lr_decay,
-        lr_min=d.lr_min,
-        grad_clip=d.grad_clip,
-        freeze_trunk=d.freeze_trunk,
-        gammas=(d.gamma1, d.gamma2, d.gamma3),
-    )
+    return _from_section(DamsmHyper, d, gammas=(d.gamma1, d.gamma2, d.gamma3))
 
 
 def stream(config: ml_collections.ConfigDict) -> StreamHyper:
-    return StreamHyper(lr=config.stream.lr, freeze_backbone=config.stream.freeze_backbone)
+    return _from_section(StreamHyper, config.stream)

@@ -80,7 +80,7 @@ def bce_with_logits(logits: Array, label: float, mode: BceMode = "official") -> 
     return jnp.mean(per)
 
 
-def discriminator_loss_terms(
+def discriminator_loss(
     uncond_real: Array,
     cond_real: Array,
     uncond_fake: Array,
@@ -88,7 +88,8 @@ def discriminator_loss_terms(
     cond_wrong: Array,
     mode: BceMode = "official",
 ) -> dict[str, Array]:
-    """The five BCE terms of the official `discriminator_loss` and their combination.
+    """The official per-stage D loss (`miscc/losses.py discriminator_loss`) and its five BCE
+    terms.
 
     Args:
       uncond_real: [B] unconditional logits on real images.
@@ -120,20 +121,6 @@ def discriminator_loss_terms(
         t["fake_uncond"] + t["fake_cond"] + t["wrong_cond"]
     ) / 3.0
     return t
-
-
-def discriminator_loss(
-    uncond_real: Array,
-    cond_real: Array,
-    uncond_fake: Array,
-    cond_fake: Array,
-    cond_wrong: Array,
-    mode: BceMode = "official",
-) -> Array:
-    """Official per-stage D loss; arguments as `discriminator_loss_terms`. Scalar."""
-    return discriminator_loss_terms(
-        uncond_real, cond_real, uncond_fake, cond_fake, cond_wrong, mode
-    )["loss"]
 
 
 def generator_adversarial_loss(

@@ -109,25 +109,21 @@ def _steps_per_epoch(config, workdir: str, batch_size: int) -> int:
 def train_batches(config, workdir: str, tokenizer, batch_size: int, mesh, seed: int):
     """`start_step -> iterator` of device batches (global batch sharded on 'data')."""
 
+    source = wd.data_source(
+        config, workdir, tokenizer, config.data.words_num, config.data.long_caption
+    )
+
     def make(start_step: int):
         it = input_pipeline.create_dataset(
-            data_dir=wd.data_dir(config, workdir),
-            name=config.data.name,
-            split="train",
-            tokenizer=tokenizer,
-            image_sizes=networks.image_sizes(config),
-            batch_size=batch_size,
-            words_num=config.data.words_num,
-            long_caption=config.data.long_caption,
+            source,
+            "train",
+            batch_size,
             random_crop=config.data.random_crop,
-            shuffle=True,
             seed=seed,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-            start_step=start_step,
-            captions_per_image=config.data.captions_per_image,
             shuffle_buffer=config.data.shuffle_buffer,
+            start_step=start_step,
             prefetch=config.data.prefetch,
+            host=wd.this_host(),
         )
         return (parallel.shard_batch(mesh, b) for b in it)
 

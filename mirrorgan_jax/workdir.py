@@ -111,6 +111,27 @@ def load_networks(config, workdir: str) -> tuple[networks.Networks, tokenizers.T
     return networks.Networks.from_config(config, n_words=tok.vocab_size), tok
 
 
+def data_source(
+    config, workdir: str, tokenizer, words_num: int, long_caption: str = "subset"
+) -> input_pipeline.Source:
+    """The prepared data of the workdir (or of config.data.data_dir), captions cut to
+    `words_num` tokens by `long_caption`."""
+    return input_pipeline.Source(
+        data_dir=data_dir(config, workdir),
+        name=config.data.name,
+        tokenizer=tokenizer,
+        image_sizes=networks.image_sizes(config),
+        words_num=words_num,
+        captions_per_image=config.data.captions_per_image,
+        long_caption=long_caption,
+    )
+
+
+def this_host() -> tuple[int, int]:
+    """(index, count) of this process: which rows of each global batch it reads."""
+    return jax.process_index(), jax.process_count()
+
+
 def eval_batches(
     config,
     workdir: str,
@@ -121,20 +142,16 @@ def eval_batches(
     captions: str | int = "random",
     seed: int = 0,
 ) -> input_pipeline.EvalBatches:
-    """One pass over `split` of the prepared data, this process's rows, as numpy batches."""
+    """One pass over `split` of the prepared data, this process's rows, as numpy batches.
+    Long captions keep the official random subset of words, whatever data.long_caption says
+    for training."""
     return input_pipeline.create_eval_dataset(
-        data_dir=data_dir(config, workdir),
-        name=config.data.name,
-        split=split,
-        tokenizer=tokenizer,
-        image_sizes=networks.image_sizes(config),
-        batch_size=batch_size,
-        words_num=words_num,
+        data_source(config, workdir, tokenizer, words_num),
+        split,
+        batch_size,
         captions=captions,
         seed=seed,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        captions_per_image=config.data.captions_per_image,
+        host=this_host(),
     )
 
 

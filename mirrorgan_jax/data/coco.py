@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
 
 from mirrorgan_jax.data import real_common as rc
 
@@ -156,13 +155,6 @@ class Coco(rc.RealDataBuilder):
         return rc.png_bytes(image)
 
 
-def build(config_data: Any, data_dir: str) -> dict:
-    """Prepare COCO from `config_data.manual_dir` into `data_dir` (see `real_common.build_with`)."""
-    return rc.build_with(Coco, config_data, data_dir)
-
-
-def load_captions_for_tokenizer(config_data: Any) -> tuple[list[str], list[str], dict | None]:
-    """(train captions, train + test captions, official wordtoix or None) from the raw folder."""
-    options = rc.BuildOptions.from_config(config_data)
-    manual_dir = os.path.abspath(os.path.expanduser(str(config_data.manual_dir or "")))
-    return rc.captions_for_tokenizer(Coco.make_plan(manual_dir, options, check=False))
+# The interface `data/prepare.py` uses (see `real_common.RealDataBuilder`).
+build = Coco.build
+load_captions_for_tokenizer = Coco.load_captions_for_tokenizer

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any
 
 from mirrorgan_jax.data import real_common as rc
 
@@ -155,13 +154,6 @@ class Cub(rc.RealDataBuilder):
         return rc.png_bytes(image.crop(box))
 
 
-def build(config_data: Any, data_dir: str) -> dict:
-    """Prepare CUB from `config_data.manual_dir` into `data_dir` (see `real_common.build_with`)."""
-    return rc.build_with(Cub, config_data, data_dir)
-
-
-def load_captions_for_tokenizer(config_data: Any) -> tuple[list[str], list[str], dict | None]:
-    """(train captions, train + test captions, official wordtoix or None) from the raw folder."""
-    options = rc.BuildOptions.from_config(config_data)
-    manual_dir = os.path.abspath(os.path.expanduser(str(config_data.manual_dir or "")))
-    return rc.captions_for_tokenizer(Cub.make_plan(manual_dir, options, check=False))
+# The interface `data/prepare.py` uses (see `real_common.RealDataBuilder`).
+build = Cub.build
+load_captions_for_tokenizer = Cub.load_captions_for_tokenizer

@@ -100,21 +100,51 @@ def load_captions(
 
 
 @dataclasses.dataclass(frozen=True)
+class Source:
+    """A prepared data set as batches are read from it: where it is (`data_dir`, tfds `name`),
+    how captions become tokens (`tokenizer`, `words_num`, the first `captions_per_image` of each
+    image, `long_caption` "subset" (official) or "truncate"), and the image size of every
+    generator stage, smallest first."""
+
+    data_dir: str | pathlib.Path
+    name: str
+    tokenizer: Tokenizer
+    image_sizes: Sequence[int]
+    words_num: int
+    captions_per_image: int = 10
+    long_caption: str = "subset"
+
+    def check(self, batch_size: int, host: tuple[int, int]) -> None:
+        index, count = host
+        sizes = list(self.image_sizes)
+        if not sizes or sizes != sorted(sizes):
+            raise ValueError(f"image_sizes must be increasing, got {self.image_sizes}")
+        if count < 1 or not 0 <= index < count:
+            raise ValueError(f"host index {index} not in [0, host count {count})")
+        if batch_size % count:
+            raise ValueError(f"global batch_size={batch_size} not divisible by {count} hosts")
+        if self.long_caption not in ("subset", "truncate"):
+            raise ValueError(f"long_caption={self.long_caption!r}; expected 'subset' or 'truncate'")
+        if self.words_num < 1:
+            raise ValueError(f"words_num must be >= 1, got {self.words_num}")
+
+    def records(self, split: str):
+        return _records(self.data_dir, self.name, split)
+
+
+@dataclasses.dataclass(frozen=True)
 class _ExampleFn:
     """Turns one undecoded record + its stream position into a schema example (stateless)."""
 
-    tokenizer: Tokenizer
-    image_sizes: tuple[int, ...]
-    words_num: int
-    long_caption: str
+    source: Source
     random_crop: bool
     seed: int
-    captions_per_image: int
 
     def _tokenize(self, caption: bytes, seed: np.ndarray):
         rng = np.random.default_rng(seed.astype(np.uint64).tolist())
-        tokens, lengths = self.tokenizer.encode_batch(
-            [caption.decode("utf-8")], self.words_num, rng, self.long_caption
+        src = self.source
+        tokens, lengths = src.tokenizer.encode_batch(
+            [caption.decode("utf-8")], src.words_num, rng, src.long_caption
         )
         return tokens[0], lengths[0]
 
@@ -124,7 +154,7 @@ class _ExampleFn:
         seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(position, tf.int64)])
         seeds = tf.random.experimental.stateless_split(seed, 4)  # [4, 2]
         captions = record["captions"]
-        count = tf.minimum(tf.shape(captions)[0], self.captions_per_image)
+        count = tf.minimum(tf.shape(captions)[0], self.source.captions_per_image)
         tf.debugging.assert_positive(count, message="an example has no caption")
         if caption_index is None:
             caption_index = tf.random.stateless_uniform(
@@ -134,7 +164,7 @@ class _ExampleFn:
         tokens, length = tf.numpy_function(
             self._tokenize, [caption, seeds[1]], [tf.int32, tf.int32], stateful=False
         )
-        tokens.set_shape([self.words_num])
+        tokens.set_shape([self.source.words_num])
         length.set_shape([])
         image = tf.io.decode_image(record["image"], channels=3, expand_animations=False)
         return dict(
@@ -151,7 +181,8 @@ class _ExampleFn:
     def _images(self, image, crop_seed, flip_seed):
         import tensorflow as tf
 
-        size = self.image_sizes[-1]
+        sizes = tuple(self.source.image_sizes)
+        size = sizes[-1]
         if self.random_crop:
             image = _resize_shorter(image, int(size * 76 / 64))
             image = tf.image.stateless_random_crop(image, [size, size, 3], seed=crop_seed)
@@ -162,7 +193,7 @@ class _ExampleFn:
             left = (tf.shape(image)[1] - size) // 2
             image = image[top : top + size, left : left + size]
         image = tf.ensure_shape(image, [size, size, 3])
-        stages = [_resize(image, s, s) for s in self.image_sizes[:-1]] + [image]
+        stages = [_resize(image, s, s) for s in sizes[:-1]] + [image]
         return tuple(tf.cast(x, tf.float32) / 127.5 - 1.0 for x in stages)
 
 
@@ -193,19 +224,6 @@ def _sort_by_length(batch):
             for k, v in batch.items()}  # fmt: skip
 
 
-def _check(image_sizes, batch_size, process_index, process_count, long_caption, words_num):
-    if not image_sizes or list(image_sizes) != sorted(image_sizes):
-        raise ValueError(f"image_sizes must be increasing, got {image_sizes}")
-    if process_count < 1 or not 0 <= process_index < process_count:
-        raise ValueError(f"process_index={process_index} not in [0, process_count={process_count})")
-    if batch_size % process_count:
-        raise ValueError(f"global batch_size={batch_size} not divisible by {process_count} hosts")
-    if long_caption not in ("subset", "truncate"):
-        raise ValueError(f"long_caption={long_caption!r}; expected 'subset' or 'truncate'")
-    if words_num < 1:
-        raise ValueError(f"words_num must be >= 1, got {words_num}")
-
-
 def _to_numpy(ds, keep_eval_keys: bool) -> Iterator[dict]:
     for batch in ds.as_numpy_iterator():
         batch["images"] = list(batch["images"])
@@ -215,75 +233,49 @@ def _to_numpy(ds, keep_eval_keys: bool) -> Iterator[dict]:
         yield batch
 
 
-def train_tf_dataset(
-    data_dir, name, split, tokenizer, image_sizes, batch_size, words_num, *,
-    long_caption="subset", random_crop=True, shuffle=True, seed=0, process_index=0,
-    process_count=1, start_step=0, captions_per_image=10, shuffle_buffer=2048, prefetch=2,
-    sort_by_length=True,
-):  # fmt: skip
-    """The tf.data.Dataset behind `create_dataset` (same arguments); elements keep `images` as a
-    tuple and carry `caption_index` and `valid`."""
+def create_dataset(
+    source: Source,
+    split: str,
+    batch_size: int,
+    *,
+    random_crop: bool = True,
+    seed: int = 0,
+    shuffle_buffer: int | None = 2048,
+    start_step: int = 0,
+    prefetch: int = 2,
+    sort_by_length: bool = True,
+    host: tuple[int, int] = (0, 1),
+) -> Iterator[dict]:
+    """Endless iterator of this host's training batches (numpy, `schema.py` layout).
+
+    batch_size is global; host (index i, count P) gets rows [i*B/P, (i+1)*B/P) of every global
+    batch. Batch k of the iterator is global step start_step + k. `shuffle_buffer=None` reads
+    every epoch in file order. Keys: images (list, smallest stage first), tokens, lengths,
+    class_id, attributes, key.
+    """
     import tensorflow as tf
 
-    _check(image_sizes, batch_size, process_index, process_count, long_caption, words_num)
-    records, count = _records(data_dir, name, split)
+    source.check(batch_size, host)
+    index, count_hosts = host
+    records, count = source.records(split)
     if count < 1:
-        raise ValueError(f"split {split!r} of {name!r} is empty")
-    local = batch_size // process_count
+        raise ValueError(f"split {split!r} of {source.name!r} is empty")
+    local = batch_size // count_hosts
     first_epoch, skip = divmod(start_step * batch_size, count)
 
     def epoch(e):
         d = records
-        if shuffle:
+        if shuffle_buffer:
             d = d.shuffle(shuffle_buffer, seed=seed * _EPOCH_SEED_STRIDE + e)
         return d.enumerate().map(lambda j, r: (e * count + j, r))
 
     ds = tf.data.Dataset.range(first_epoch, tf.int64.max).flat_map(epoch).skip(skip)
-    ds = ds.filter(lambda pos, r: (pos % batch_size) // local == process_index)
-    fn = _ExampleFn(
-        tokenizer, tuple(image_sizes), words_num, long_caption, random_crop, seed,
-        captions_per_image,
-    )  # fmt: skip
+    ds = ds.filter(lambda pos, r: (pos % batch_size) // local == index)
+    fn = _ExampleFn(source, random_crop, seed)
     ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE).batch(local, drop_remainder=True)
     if sort_by_length:
         ds = ds.map(_sort_by_length)
-    return ds.prefetch(prefetch)
-
-
-def create_dataset(
-    data_dir: str | pathlib.Path,
-    name: str,
-    split: str,
-    tokenizer: Tokenizer,
-    image_sizes: Sequence[int],
-    batch_size: int,
-    words_num: int,
-    long_caption: str = "subset",
-    random_crop: bool = True,
-    shuffle: bool = True,
-    seed: int = 0,
-    process_index: int = 0,
-    process_count: int = 1,
-    start_step: int = 0,
-    captions_per_image: int = 10,
-    shuffle_buffer: int = 2048,
-    prefetch: int = 2,
-    sort_by_length: bool = True,
-) -> Iterator[dict]:
-    """Endless iterator of this host's training batches (numpy, `schema.py` layout).
-
-    batch_size is global; each host gets batch_size // process_count rows. Batch k of the
-    iterator is global step start_step + k. Keys: images (list, smallest stage first), tokens,
-    lengths, class_id, attributes, key.
-    """
-    ds = train_tf_dataset(
-        data_dir, name, split, tokenizer, image_sizes, batch_size, words_num,
-        long_caption=long_caption, random_crop=random_crop, shuffle=shuffle, seed=seed,
-        process_index=process_index, process_count=process_count, start_step=start_step,
-        captions_per_image=captions_per_image, shuffle_buffer=shuffle_buffer, prefetch=prefetch,
-        sort_by_length=sort_by_length,
-    )  # fmt: skip
-    return _to_numpy(ds, keep_eval_keys=False)
+    return _to_numpy(ds.prefetch(prefetch), keep_eval_keys=False)
 
 
 @dataclasses.dataclass
@@ -304,41 +296,33 @@ class EvalBatches:
 
 
 def create_eval_dataset(
-    data_dir: str | pathlib.Path,
-    name: str,
+    source: Source,
     split: str,
-    tokenizer: Tokenizer,
-    image_sizes: Sequence[int],
     batch_size: int,
-    words_num: int,
+    *,
     captions: str | int = "random",
-    long_caption: str = "subset",
     random_crop: bool = False,
     seed: int = 0,
-    process_index: int = 0,
-    process_count: int = 1,
-    captions_per_image: int = 10,
     sort_by_length: bool = True,
     prefetch: int = 2,
+    host: tuple[int, int] = (0, 1),
 ) -> EvalBatches:
     """One deterministic pass over `split` (file order, no shuffle, no repeat).
 
     captions: "random" (one caption per image drawn from (seed, index), the official sampling),
     "all" (each image once per caption index 0..captions_per_image-1, cycling when an image has
-    fewer), or an int k (caption k, modulo the image's count). Host i takes the examples with
-    position % process_count == i. The last batch is padded (valid=False) so that every host
+    fewer), or an int k (caption k, modulo the image's count). Host (index i, count P) takes the
+    examples with position % P == i. The last batch is padded (valid=False) so that every host
     yields the same number of batches.
     """
     import tensorflow as tf
 
-    _check(image_sizes, batch_size, process_index, process_count, long_caption, words_num)
-    records, count = _records(data_dir, name, split)
-    fn = _ExampleFn(
-        tokenizer, tuple(image_sizes), words_num, long_caption, random_crop, seed,
-        captions_per_image,
-    )  # fmt: skip
+    source.check(batch_size, host)
+    process_index, process_count = host
+    records, count = source.records(split)
+    fn = _ExampleFn(source, random_crop, seed)
     if captions == "all":
-        per = captions_per_image
+        per = source.captions_per_image
         ds = records.flat_map(lambda r: tf.data.Dataset.from_tensors(r).repeat(per))
         ds = ds.enumerate().map(lambda pos, r: (pos, r, tf.cast(pos % per, tf.int32)))
         total = count * per
@@ -354,7 +338,7 @@ def create_eval_dataset(
     local = batch_size // process_count
     mine = len(range(process_index, total, process_count))
     num_batches = math.ceil(math.ceil(total / process_count) / local)
-    padding = _padding_example(image_sizes, words_num)
+    padding = _padding_example(source.image_sizes, source.words_num)
     ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat(num_batches * local - mine))
     ds = ds.batch(local, drop_remainder=True)
     if sort_by_length:

@@ -298,6 +298,21 @@ class RealDataBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def encode_image(self, example: Example) -> bytes:
         """The stored image bytes (may raise `CorruptImageError`)."""
 
+    @classmethod
+    def build(cls, config_data: Any, data_dir: str) -> dict:
+        """Prepare the data set from `config_data.manual_dir` into `data_dir` (`build_with`)."""
+        return build_with(cls, config_data, data_dir)
+
+    @classmethod
+    def load_captions_for_tokenizer(
+        cls, config_data: Any
+    ) -> tuple[list[str], list[str], dict | None]:
+        """(train captions, train + test captions, official wordtoix or None) from the raw
+        folder."""
+        options = BuildOptions.from_config(config_data)
+        manual_dir = os.path.abspath(os.path.expanduser(str(config_data.manual_dir or "")))
+        return captions_for_tokenizer(cls.make_plan(manual_dir, options, check=False))
+
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
             builder=self, description=self.DESCRIPTION, features=schema.tfds_features()

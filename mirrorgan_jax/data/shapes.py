@@ -401,6 +401,16 @@ def generate_records(
         yield from pool.imap(_encoded_example, jobs, chunksize=64)
 
 
+# The shapes builder's settings: (default, minimum). Stored in its DatasetInfo metadata.
+BUILDER_SETTINGS: dict[str, tuple[int, int]] = {
+    "num_train": (20000, 1),
+    "num_test": (2000, 1),
+    "num_test_novel": (1000, 1),
+    "image_size": (64, 8),
+    "seed": (1234, 0),
+}
+
+
 def _make_builder_class():
     import tensorflow_datasets as tfds
 
@@ -420,29 +430,16 @@ def _make_builder_class():
         # imports the `importlib_resources` backport, which is not a dependency here.
         code_path = None
 
-        def __init__(
-            self,
-            *,
-            num_train: int = 20000,
-            num_test: int = 2000,
-            num_test_novel: int = 1000,
-            image_size: int = 64,
-            seed: int = 1234,
-            num_workers: int = 0,
-            **kwargs,
-        ):
-            self.settings = dict(
-                num_train=int(num_train),
-                num_test=int(num_test),
-                num_test_novel=int(num_test_novel),
-                image_size=int(image_size),
-                seed=int(seed),
-            )
-            minimum = dict(num_train=1, num_test=1, num_test_novel=1, image_size=8, seed=0)
+        def __init__(self, *, num_workers: int = 0, **kwargs):
+            # The settings (BUILDER_SETTINGS, each an int) come as keywords; the rest go to tfds.
+            self.settings = {
+                k: int(kwargs.pop(k, default)) for k, (default, _) in BUILDER_SETTINGS.items()
+            }
             for k, v in self.settings.items():
-                if v < minimum[k]:
+                minimum = BUILDER_SETTINGS[k][1]
+                if v < minimum:
                     raise ValueError(
-                        f"shapes: {k}={v}, expected >= {minimum[k]} (tfds splits cannot be empty)"
+                        f"shapes: {k}={v}, expected >= {minimum} (tfds splits cannot be empty)"
                     )
             self._num_workers = num_workers
             # split -> captions of each example, filled while the split is generated.

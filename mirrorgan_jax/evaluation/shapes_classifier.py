@@ -41,7 +41,7 @@ from mirrorgan_jax.data.shapes import (
 from mirrorgan_jax.evaluation.shapes_metrics import attribute_accuracy
 from mirrorgan_jax.models.layers import Conv, jit_init
 from mirrorgan_jax.torch_import.common import check_against
-from mirrorgan_jax.train.state import TrainState
+from mirrorgan_jax.train.state import TrainState, fit_random_batches
 
 Array = jax.Array
 
@@ -260,14 +260,10 @@ def train_classifier(
         (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         return state.apply_gradients(grads=grads), loss
 
-    rng = np.random.default_rng(seed)
-    t0 = time.perf_counter()
-    loss = jnp.zeros(())
-    for _ in range(steps):
-        idx = rng.integers(0, train_x.shape[0], batch_size)
-        state, loss = step(state, train_x[idx], train_y[idx])
+    state, loss, train_seconds = fit_random_batches(
+        step, state, train_x, train_y, steps, batch_size, seed
+    )
     final_loss = float(loss)
-    train_seconds = time.perf_counter() - t0
 
     variables = {"params": state.params}
     report: dict[str, Any] = {}

@@ -46,6 +46,13 @@ def word_mask_rows(pad_mask: Array, num_positions: int, mode: str) -> Array:
     return pad_mask[rows % b]  # [B, N, T]
 
 
+def _conv1x1(features: int, dtype: Dtype | None, name: str) -> nn.Conv:
+    """The official conv1x1: bias-free, orthogonal init."""
+    return Conv(
+        features, (1, 1), use_bias=False, kernel_init=orthogonal_init, dtype=dtype, name=name
+    )
+
+
 class GlobalLocalAttention(nn.Module):
     """Word-level (local) and sentence-level (global) attention.
 
@@ -94,14 +101,7 @@ class GlobalLocalAttention(nn.Module):
             )
         n = height * width
         # e' = W_e * e: [B, T, C]
-        source = Conv(
-            idf,
-            (1, 1),
-            use_bias=False,
-            kernel_init=orthogonal_init,
-            dtype=self.dtype,
-            name="conv_context",
-        )(words_emb[:, :, None, :])[:, :, 0, :]
+        source = _conv1x1(idf, self.dtype, "conv_context")(words_emb[:, :, None, :])[:, :, 0, :]
         target = h.reshape(b, n, idf)  # [B, N, C], n = y * W + x
         scores = jnp.einsum("bnc,btc->bnt", target, source).astype(jnp.float32)  # [B, N, T]
         masked = word_mask_rows(pad_mask, n, self.word_attention_mask)
@@ -121,14 +121,7 @@ class GlobalLocalAttention(nn.Module):
             dtype=self.dtype,
             name="linear",
         )(c_code)[:, None, None, :]
-        g = Conv(
-            idf,
-            (1, 1),
-            use_bias=False,
-            kernel_init=orthogonal_init,
-            dtype=self.dtype,
-            name="conv_sentence_vis",
-        )(h * sentence)  # [B, H, W, C]
+        g = _conv1x1(idf, self.dtype, "conv_sentence_vis")(h * sentence)  # [B, H, W, C]
         g = g.astype(jnp.float32)
         if self.sentence_attention_softmax == "channel":
             alpha = jax.nn.softmax(g, axis=-1)

@@ -180,28 +180,18 @@ def _explicit_padding(padding, in_hw: Sequence[int], kernel_hw, strides) -> tupl
     return pads
 
 
-def conv_general_dilated(
-    lhs,
-    rhs,
-    window_strides,
-    padding,
-    lhs_dilation=None,
-    rhs_dilation=None,
-    dimension_numbers=None,
-    feature_group_count=1,
-    batch_group_count=1,
-    precision=None,
-    preferred_element_type=None,
-):
-    """`lax.conv_general_dilated` with the matmul weight gradient where it applies."""
+def conv_general_dilated(lhs, rhs, window_strides, padding, **options):
+    """`lax.conv_general_dilated` (the same arguments, the optional ones by keyword, as
+    `flax.linen.Conv` passes them) with the matmul weight gradient where it applies."""
+    get = options.get
     plain = (
         resolved_policy() == "matmul"
-        and _is_nhwc_hwio(dimension_numbers, lhs.ndim)
-        and all(d == 1 for d in (lhs_dilation or (1, 1)))
-        and all(d == 1 for d in (rhs_dilation or (1, 1)))
-        and feature_group_count == 1
-        and batch_group_count == 1
-        and preferred_element_type is None
+        and _is_nhwc_hwio(get("dimension_numbers"), lhs.ndim)
+        and all(d == 1 for d in (get("lhs_dilation") or (1, 1)))
+        and all(d == 1 for d in (get("rhs_dilation") or (1, 1)))
+        and get("feature_group_count", 1) == 1
+        and get("batch_group_count", 1) == 1
+        and get("preferred_element_type") is None
         and rhs.shape[-1] >= _MIN_MATMUL_COUT  # fewer output channels: XLA's own is faster
     )
     pads = (
@@ -210,17 +200,5 @@ def conv_general_dilated(
         else None
     )
     if pads is None:
-        return lax.conv_general_dilated(
-            lhs,
-            rhs,
-            window_strides,
-            padding,
-            lhs_dilation=lhs_dilation,
-            rhs_dilation=rhs_dilation,
-            dimension_numbers=dimension_numbers,
-            feature_group_count=feature_group_count,
-            batch_group_count=batch_group_count,
-            precision=precision,
-            preferred_element_type=preferred_element_type,
-        )
-    return _matmul_grad_conv(tuple(window_strides), pads, precision)(lhs, rhs)
+        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, **options)
+    return _matmul_grad_conv(tuple(window_strides), pads, get("precision"))(lhs, rhs)

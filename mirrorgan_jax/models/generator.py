@@ -178,10 +178,11 @@ class NextStageGenerator(nn.Module):
 
     gf_dim: int
     r_num: int = 2
+    dtype: Dtype | None = None
+    # GlobalLocalAttention's switches
     word_attention_mask: str = "official"
     sentence_attention_softmax: str = "channel"
     sentence_attention: bool = True
-    dtype: Dtype | None = None
 
     @nn.compact
     def __call__(

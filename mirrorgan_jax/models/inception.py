@@ -133,6 +133,21 @@ POOLS: dict[str, Callable[[Array], Array]] = {
 }
 
 
+def _chain(x: Array, train: bool, conv, prefix: str, *layers: tuple) -> Array:
+    """One branch of an Inception block: BasicConv2d layers `prefix`_1, `prefix`_2, ... in
+    order, each (features, kernel[, padding[, stride]])."""
+    for i, (features, kernel, *rest) in enumerate(layers, 1):
+        padding, stride = (*rest, *(0, 1)[len(rest) :])
+        x = conv(features, kernel, stride=stride, padding=padding, name=f"{prefix}_{i}")(x, train)
+    return x
+
+
+# The blocks with a branch_pool (whose pool pytorch-fid replaces), then the two grid-size
+# reductions. Factorised 1x7 / 7x1 (1x3 / 3x1) kernels with their paddings:
+_ROW7, _COL7 = ((1, 7), (0, 3)), ((7, 1), (3, 0))
+_ROW3, _COL3 = ((1, 3), (0, 1)), ((3, 1), (1, 0))
+
+
 class InceptionA(nn.Module):
     """Mixed_5b/5c/5d: [B,35,35,Cin] -> [B,35,35,224 + pool_features]; `pool` of POOLS."""
 
@@ -142,32 +157,12 @@ class InceptionA(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> Array:
-        d = self.dtype
-        b1 = BasicConv2d(64, 1, dtype=d, name="branch1x1")(x, train)
-        b5 = BasicConv2d(48, 1, dtype=d, name="branch5x5_1")(x, train)
-        b5 = BasicConv2d(64, 5, padding=2, dtype=d, name="branch5x5_2")(b5, train)
-        b3 = BasicConv2d(64, 1, dtype=d, name="branch3x3dbl_1")(x, train)
-        b3 = BasicConv2d(96, 3, padding=1, dtype=d, name="branch3x3dbl_2")(b3, train)
-        b3 = BasicConv2d(96, 3, padding=1, dtype=d, name="branch3x3dbl_3")(b3, train)
-        bp = BasicConv2d(self.pool_features, 1, dtype=d, name="branch_pool")(
-            POOLS[self.pool](x), train
-        )
+        conv = functools.partial(BasicConv2d, dtype=self.dtype)
+        b1 = conv(64, 1, name="branch1x1")(x, train)
+        b5 = _chain(x, train, conv, "branch5x5", (48, 1), (64, 5, 2))
+        b3 = _chain(x, train, conv, "branch3x3dbl", (64, 1), (96, 3, 1), (96, 3, 1))
+        bp = conv(self.pool_features, 1, name="branch_pool")(POOLS[self.pool](x), train)
         return jnp.concatenate([b1, b5, b3, bp], axis=-1)
-
-
-class InceptionB(nn.Module):
-    """Mixed_6a: [B,35,35,288] -> [B,17,17,768]."""
-
-    dtype: Dtype | None = None
-
-    @nn.compact
-    def __call__(self, x: Array, train: bool) -> Array:
-        d = self.dtype
-        b3 = BasicConv2d(384, 3, stride=2, dtype=d, name="branch3x3")(x, train)
-        bd = BasicConv2d(64, 1, dtype=d, name="branch3x3dbl_1")(x, train)
-        bd = BasicConv2d(96, 3, padding=1, dtype=d, name="branch3x3dbl_2")(bd, train)
-        bd = BasicConv2d(96, 3, stride=2, dtype=d, name="branch3x3dbl_3")(bd, train)
-        return jnp.concatenate([b3, bd, _max_pool_3x3_s2(x)], axis=-1)
 
 
 class InceptionC(nn.Module):
@@ -180,35 +175,16 @@ class InceptionC(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> Array:
-        d, c7 = self.dtype, self.channels_7x7
-        b1 = BasicConv2d(192, 1, dtype=d, name="branch1x1")(x, train)
-        b7 = BasicConv2d(c7, 1, dtype=d, name="branch7x7_1")(x, train)
-        b7 = BasicConv2d(c7, (1, 7), padding=(0, 3), dtype=d, name="branch7x7_2")(b7, train)
-        b7 = BasicConv2d(192, (7, 1), padding=(3, 0), dtype=d, name="branch7x7_3")(b7, train)
-        bd = BasicConv2d(c7, 1, dtype=d, name="branch7x7dbl_1")(x, train)
-        bd = BasicConv2d(c7, (7, 1), padding=(3, 0), dtype=d, name="branch7x7dbl_2")(bd, train)
-        bd = BasicConv2d(c7, (1, 7), padding=(0, 3), dtype=d, name="branch7x7dbl_3")(bd, train)
-        bd = BasicConv2d(c7, (7, 1), padding=(3, 0), dtype=d, name="branch7x7dbl_4")(bd, train)
-        bd = BasicConv2d(192, (1, 7), padding=(0, 3), dtype=d, name="branch7x7dbl_5")(bd, train)
-        bp = BasicConv2d(192, 1, dtype=d, name="branch_pool")(POOLS[self.pool](x), train)
+        c7 = self.channels_7x7
+        conv = functools.partial(BasicConv2d, dtype=self.dtype)
+        b1 = conv(192, 1, name="branch1x1")(x, train)
+        b7 = _chain(x, train, conv, "branch7x7", (c7, 1), (c7, *_ROW7), (192, *_COL7))
+        bd = _chain(
+            x, train, conv, "branch7x7dbl",
+            (c7, 1), (c7, *_COL7), (c7, *_ROW7), (c7, *_COL7), (192, *_ROW7),
+        )  # fmt: skip
+        bp = conv(192, 1, name="branch_pool")(POOLS[self.pool](x), train)
         return jnp.concatenate([b1, b7, bd, bp], axis=-1)
-
-
-class InceptionD(nn.Module):
-    """Mixed_7a: [B,17,17,768] -> [B,8,8,1280]."""
-
-    dtype: Dtype | None = None
-
-    @nn.compact
-    def __call__(self, x: Array, train: bool) -> Array:
-        d = self.dtype
-        b3 = BasicConv2d(192, 1, dtype=d, name="branch3x3_1")(x, train)
-        b3 = BasicConv2d(320, 3, stride=2, dtype=d, name="branch3x3_2")(b3, train)
-        b7 = BasicConv2d(192, 1, dtype=d, name="branch7x7x3_1")(x, train)
-        b7 = BasicConv2d(192, (1, 7), padding=(0, 3), dtype=d, name="branch7x7x3_2")(b7, train)
-        b7 = BasicConv2d(192, (7, 1), padding=(3, 0), dtype=d, name="branch7x7x3_3")(b7, train)
-        b7 = BasicConv2d(192, 3, stride=2, dtype=d, name="branch7x7x3_4")(b7, train)
-        return jnp.concatenate([b3, b7, _max_pool_3x3_s2(x)], axis=-1)
 
 
 class InceptionE(nn.Module):
@@ -219,31 +195,46 @@ class InceptionE(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> Array:
-        d = self.dtype
-        b1 = BasicConv2d(320, 1, dtype=d, name="branch1x1")(x, train)
-        b3 = BasicConv2d(384, 1, dtype=d, name="branch3x3_1")(x, train)
-        b3 = jnp.concatenate(
-            [
-                BasicConv2d(384, (1, 3), padding=(0, 1), dtype=d, name="branch3x3_2a")(b3, train),
-                BasicConv2d(384, (3, 1), padding=(1, 0), dtype=d, name="branch3x3_2b")(b3, train),
-            ],
-            axis=-1,
-        )
-        bd = BasicConv2d(448, 1, dtype=d, name="branch3x3dbl_1")(x, train)
-        bd = BasicConv2d(384, 3, padding=1, dtype=d, name="branch3x3dbl_2")(bd, train)
-        bd = jnp.concatenate(
-            [
-                BasicConv2d(384, (1, 3), padding=(0, 1), dtype=d, name="branch3x3dbl_3a")(
-                    bd, train
-                ),
-                BasicConv2d(384, (3, 1), padding=(1, 0), dtype=d, name="branch3x3dbl_3b")(
-                    bd, train
-                ),
-            ],
-            axis=-1,
-        )
-        bp = BasicConv2d(192, 1, dtype=d, name="branch_pool")(POOLS[self.pool](x), train)
+        conv = functools.partial(BasicConv2d, dtype=self.dtype)
+
+        def halves(h, prefix):  # the two factorised convs side by side: `prefix`a, `prefix`b
+            pair = ((_ROW3, "a"), (_COL3, "b"))
+            out = [conv(384, k, padding=p, name=prefix + s)(h, train) for (k, p), s in pair]
+            return jnp.concatenate(out, axis=-1)
+
+        b1 = conv(320, 1, name="branch1x1")(x, train)
+        b3 = halves(conv(384, 1, name="branch3x3_1")(x, train), "branch3x3_2")
+        bd = halves(_chain(x, train, conv, "branch3x3dbl", (448, 1), (384, 3, 1)), "branch3x3dbl_3")
+        bp = conv(192, 1, name="branch_pool")(POOLS[self.pool](x), train)
         return jnp.concatenate([b1, b3, bd, bp], axis=-1)
+
+
+class InceptionB(nn.Module):
+    """Mixed_6a: [B,35,35,288] -> [B,17,17,768]."""
+
+    dtype: Dtype | None = None
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool) -> Array:
+        conv = functools.partial(BasicConv2d, dtype=self.dtype)
+        b3 = conv(384, 3, stride=2, name="branch3x3")(x, train)
+        bd = _chain(x, train, conv, "branch3x3dbl", (64, 1), (96, 3, 1), (96, 3, 0, 2))
+        return jnp.concatenate([b3, bd, _max_pool_3x3_s2(x)], axis=-1)
+
+
+class InceptionD(nn.Module):
+    """Mixed_7a: [B,17,17,768] -> [B,8,8,1280]."""
+
+    dtype: Dtype | None = None
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool) -> Array:
+        conv = functools.partial(BasicConv2d, dtype=self.dtype)
+        b3 = _chain(x, train, conv, "branch3x3", (192, 1), (320, 3, 0, 2))
+        b7 = _chain(
+            x, train, conv, "branch7x7x3", (192, 1), (192, *_ROW7), (192, *_COL7), (192, 3, 0, 2)
+        )
+        return jnp.concatenate([b3, b7, _max_pool_3x3_s2(x)], axis=-1)
 
 
 def _inception_v3_trunk(x: Array, d: Dtype | None, train: bool, fid: bool) -> tuple[Array, Array]:

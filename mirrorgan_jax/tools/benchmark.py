@@ -433,17 +433,8 @@ def bench_input(config, steps, train_images_per_s, rows) -> None:
             "sentencepiece", builder.captions["train"], builder.captions["train"]
         )
         b = config.train.batch_size
-        it = input_pipeline.create_dataset(
-            tmp,
-            "shapes",
-            "train",
-            tok,
-            sizes,
-            b,
-            config.data.words_num,
-            seed=0,
-            shuffle_buffer=256,
-        )
+        source = input_pipeline.Source(tmp, "shapes", tok, sizes, config.data.words_num)
+        it = input_pipeline.create_dataset(source, "train", b, seed=0, shuffle_buffer=256)
         next(it)
         n = max(steps * 10, 50)
         t = time.perf_counter()

@@ -23,6 +23,7 @@ from mirrorgan_jax.networks import Networks
 from mirrorgan_jax.torch_import import common, damsm, gan, stream
 from mirrorgan_jax.train import damsm as damsm_train
 from mirrorgan_jax.train import stream as stream_train
+from mirrorgan_jax.train.state import joint_state
 
 _HINT = {
     "text_encoder": "model.n_words (the vocabulary), model.word_embedding_dim, "
@@ -85,7 +86,8 @@ def import_all(config, workdir: str) -> dict:
             "image_encoder",
         )
         tx = damsm_train.make_tx(hyperparameters.damsm(config), 1)
-        states["damsm"] = jax.jit(lambda t, i: damsm_train.damsm_state(tx, t, i))(text, image)
+        variables = {"text": text, "image": image}
+        states["damsm"] = jax.jit(lambda v: joint_state(tx, v, "image"))(variables)
     if w.caption_cnn or w.caption_rnn:
         kc, kr = jax.random.split(rng)
         cnn = _file_or_fresh(
@@ -95,7 +97,7 @@ def import_all(config, workdir: str) -> dict:
             w.caption_rnn, stream.caption_rnn_variables, nets.init_caption_rnn, kr, "caption_rnn"
         )
         tx = stream_train.make_tx(hyperparameters.stream(config))
-        states["stream"] = jax.jit(lambda c, r: stream_train.stream_state(tx, c, r))(cnn, rnn)
+        states["stream"] = jax.jit(lambda v: joint_state(tx, v, "cnn"))({"cnn": cnn, "rnn": rnn})
     if w.generator:
         hyper = hyperparameters.gan(config)
         g = _file_or_fresh(

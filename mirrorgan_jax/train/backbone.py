@@ -18,7 +18,6 @@ then starts from the pretrained backbone and keeps it frozen (`damsm.freeze_trun
 
 from __future__ import annotations
 
-import time
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -32,7 +31,7 @@ from mirrorgan_jax.data.schema import ATTRIBUTE_FIELDS
 from mirrorgan_jax.data.shapes import ATTRIBUTE_CLASSES
 from mirrorgan_jax.evaluation.shapes_metrics import attribute_accuracy
 from mirrorgan_jax.models.layers import jit_init
-from mirrorgan_jax.train.state import TrainState
+from mirrorgan_jax.train.state import TrainState, fit_random_batches
 
 # (variables, images [B,S,S,3] in [-1,1], train) -> (pooled features [B, C], new batch_stats)
 FeaturesFn = Callable[[Any, jax.Array, bool], tuple[jax.Array, Any]]
@@ -130,13 +129,9 @@ def pretrain(
         (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         return state.apply_gradients(grads=grads, batch_stats=new_stats), loss
 
-    rng = np.random.default_rng(seed)
-    t0 = time.perf_counter()
-    loss = jnp.zeros(())
-    for _ in range(steps):
-        idx = rng.integers(0, train_x.shape[0], batch_size)
-        state, loss = step(state, train_x[idx], train_y[idx])
-    seconds = time.perf_counter() - t0
+    state, loss, seconds = fit_random_batches(
+        step, state, train_x, train_y, steps, batch_size, seed
+    )
     out = {"params": state.params["backbone"], "batch_stats": state.batch_stats}
 
     @jax.jit

@@ -19,8 +19,12 @@ import optax
 
 from mirrorgan_jax import losses
 from mirrorgan_jax.networks import Networks
-from mirrorgan_jax.parallel import jit_or_shapes
-from mirrorgan_jax.train.state import TrainState, stop_gradient_at, with_frozen_subtree
+from mirrorgan_jax.train.state import (
+    TrainState,
+    init_joint_state,
+    stop_gradient_at,
+    with_frozen_subtree,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,13 +59,6 @@ def make_tx(hyper: DamsmHyper, steps_per_epoch: int) -> optax.GradientTransforma
     return with_frozen_subtree(tx, "image", "trunk") if hyper.freeze_trunk else tx
 
 
-def damsm_state(tx, text: dict, image: dict) -> TrainState:
-    """The DAMSM state over these variables: params {"text", "image"}, the image encoder's
-    BatchNorm statistics, a fresh optimiser state."""
-    params = {"text": text["params"], "image": image["params"]}
-    return TrainState.create(params=params, tx=tx, batch_stats=image.get("batch_stats", {}))
-
-
 def text_encoder_variables(state: TrainState) -> dict:
     return {"params": state.params["text"]}
 
@@ -71,11 +68,9 @@ def image_encoder_variables(state: TrainState) -> dict:
 
 
 def init_state(nets: Networks, tx, rng, abstract: bool = False) -> TrainState:
-    def build(r):
-        kt, ki = jax.random.split(r)
-        return damsm_state(tx, nets.init_text_encoder(kt), nets.init_image_encoder(ki))
-
-    return jit_or_shapes(build, rng, abstract=abstract)
+    """Fresh text and image encoders under one optimiser."""
+    inits = {"text": nets.init_text_encoder, "image": nets.init_image_encoder}
+    return init_joint_state(tx, inits, "image", rng, abstract)
 
 
 def damsm_losses(nets: Networks, params, batch_stats, batch, rng, gammas, train: bool):

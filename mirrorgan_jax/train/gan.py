@@ -135,7 +135,8 @@ def discriminator_loss_fn(d: Discriminator, params, stats, real, fake, sent, r1_
     cond_wrong, stats = _d_apply(d, params, stats, Discriminator.cond_logits, f_real[:-1], sent[1:])
     uncond_real, stats = _d_apply(d, params, stats, Discriminator.uncond_logits, f_real)
     uncond_fake, stats = _d_apply(d, params, stats, Discriminator.uncond_logits, f_fake)
-    loss = losses.discriminator_loss(uncond_real, cond_real, uncond_fake, cond_fake, cond_wrong)
+    terms = losses.discriminator_loss(uncond_real, cond_real, uncond_fake, cond_fake, cond_wrong)
+    loss = terms["loss"]
     return loss + r1_gamma * r1, (stats, r1)
 
 

@@ -15,13 +15,17 @@ official pretraining scripts optimise the two networks of each with a single Ada
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
 from flax.training import train_state
+
+from mirrorgan_jax.parallel import jit_or_shapes
 
 PyTree = Any
 
@@ -124,3 +128,45 @@ def stop_gradient_at(params: PyTree, network: str, subtree: str) -> PyTree:
     is zero anyway (`with_frozen_subtree`), and this spares its backward pass."""
     frozen = {**params[network], subtree: jax.lax.stop_gradient(params[network][subtree])}
     return {**params, network: frozen}
+
+
+def joint_state(tx, variables: dict[str, dict], stats_of: str) -> TrainState:
+    """One TrainState over several networks trained by one optimiser: params {name: params} of
+    `variables` ({name: {"params", ...}}), the BatchNorm statistics of network `stats_of` (the
+    only one with BatchNorm)."""
+    params = {name: v["params"] for name, v in variables.items()}
+    return TrainState.create(
+        params=params, tx=tx, batch_stats=variables[stats_of].get("batch_stats", {})
+    )
+
+
+def init_joint_state(
+    tx, inits: dict[str, Callable], stats_of: str, rng, abstract: bool = False
+) -> TrainState:
+    """`joint_state` over fresh networks, `inits` {name: rng -> variables} taking the splits of
+    `rng` in order; with `abstract=True` only its shapes (a restore target)."""
+
+    def build(r):
+        keys = jax.random.split(r, len(inits))
+        return joint_state(
+            tx, {name: init(k) for (name, init), k in zip(inits.items(), keys)}, stats_of
+        )
+
+    return jit_or_shapes(build, rng, abstract=abstract)
+
+
+def fit_random_batches(
+    step: Callable, state, inputs: np.ndarray, targets: np.ndarray, steps: int, batch_size: int,
+    seed: int,
+):  # fmt: skip
+    """`steps` calls of `step(state, inputs[idx], targets[idx]) -> (state, loss)` on batches of
+    `batch_size` rows drawn uniformly with replacement (numpy seed `seed`), for classifiers
+    trained on arrays in memory. Returns (state, last loss, seconds the loop took)."""
+    rng = np.random.default_rng(seed)
+    t0 = time.perf_counter()
+    loss = jnp.zeros(())
+    for _ in range(steps):
+        idx = rng.integers(0, inputs.shape[0], batch_size)
+        state, loss = step(state, inputs[idx], targets[idx])
+    jax.block_until_ready(loss)
+    return state, loss, time.perf_counter() - t0

@@ -19,8 +19,12 @@ import optax
 
 from mirrorgan_jax import losses
 from mirrorgan_jax.networks import Networks
-from mirrorgan_jax.parallel import jit_or_shapes
-from mirrorgan_jax.train.state import TrainState, stop_gradient_at, with_frozen_subtree
+from mirrorgan_jax.train.state import (
+    TrainState,
+    init_joint_state,
+    stop_gradient_at,
+    with_frozen_subtree,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,13 +39,6 @@ def make_tx(hyper: StreamHyper) -> optax.GradientTransformation:
     return with_frozen_subtree(tx, "cnn", "resnet") if hyper.freeze_backbone else tx
 
 
-def stream_state(tx, cnn: dict, rnn: dict) -> TrainState:
-    """The STREAM state over these variables: params {"cnn", "rnn"}, the CNN's BatchNorm
-    statistics, a fresh optimiser state."""
-    params = {"cnn": cnn["params"], "rnn": rnn["params"]}
-    return TrainState.create(params=params, tx=tx, batch_stats=cnn.get("batch_stats", {}))
-
-
 def caption_cnn_variables(state: TrainState) -> dict:
     return {"params": state.params["cnn"], "batch_stats": state.batch_stats}
 
@@ -51,11 +48,9 @@ def caption_rnn_variables(state: TrainState) -> dict:
 
 
 def init_state(nets: Networks, tx, rng, abstract: bool = False) -> TrainState:
-    def build(r):
-        kc, kr = jax.random.split(r)
-        return stream_state(tx, nets.init_caption_cnn(kc), nets.init_caption_rnn(kr))
-
-    return jit_or_shapes(build, rng, abstract=abstract)
+    """A fresh caption CNN and RNN under one optimiser."""
+    inits = {"cnn": nets.init_caption_cnn, "rnn": nets.init_caption_rnn}
+    return init_joint_state(tx, inits, "cnn", rng, abstract)
 
 
 def caption_logits(nets: Networks, params, batch_stats, images, tokens, lengths, train: bool):

@@ -30,10 +30,12 @@ def prepared(tmp_path_factory):
     return dict(config=config, workdir=workdir, report=report, data_dir=data_dir, tok=tokenizer)
 
 
-def _train(p, **kw):
-    args = dict(seed=0, words_num=12, batch_size=BATCH)
-    args.update(kw)
-    return ip.create_dataset(p["data_dir"], "shapes", "train", p["tok"], SIZES, **args)
+def _source(p, words_num=12, **kw):
+    return ip.Source(p["data_dir"], "shapes", p["tok"], SIZES, words_num, **kw)
+
+
+def _train(p, batch_size=BATCH, source_kw=None, **kw):
+    return ip.create_dataset(_source(p, **(source_kw or {})), "train", batch_size, seed=0, **kw)
 
 
 def _take(it, n):
@@ -96,7 +98,7 @@ def test_deterministic_and_seeded(prepared):
     a, b = _take(_train(prepared), 3), _take(_train(prepared), 3)
     for x, y in zip(a, b, strict=True):
         _assert_batches_equal(x, y)
-    c = next(_train(prepared, seed=1))
+    c = next(ip.create_dataset(_source(prepared), "train", BATCH, seed=1))
     assert not np.array_equal(a[0]["images"][-1], c["images"][-1])
 
 
@@ -109,7 +111,7 @@ def test_resume_at_step_sees_the_same_batches(prepared):
 
 def test_hosts_split_each_global_batch(prepared):
     single = _take(_train(prepared), 3)
-    hosts = [_take(_train(prepared, process_index=i, process_count=2), 3) for i in range(2)]
+    hosts = [_take(_train(prepared, host=(i, 2)), 3) for i in range(2)]
     for step in range(3):
         h0, h1 = hosts[0][step], hosts[1][step]
         assert len(h0["key"]) == len(h1["key"]) == BATCH // 2
@@ -135,8 +137,8 @@ def _is_subsequence(sub, seq) -> bool:
 
 def test_truncate_and_subset(prepared):
     kw = dict(words_num=4, captions_per_image=1)
-    trunc = next(_train(prepared, long_caption="truncate", **kw))
-    subset = next(_train(prepared, long_caption="subset", **kw))
+    trunc = next(_train(prepared, source_kw=dict(long_caption="truncate", **kw)))
+    subset = next(_train(prepared, source_kw=dict(long_caption="subset", **kw)))
     differs = False
     for i, key in enumerate(trunc["key"]):
         ids = _caption0_ids(prepared, key)
@@ -149,19 +151,19 @@ def test_truncate_and_subset(prepared):
 
 def test_without_random_crop_the_last_stage_is_the_stored_image(prepared):
     seed = prepared["config"].data.shapes.seed
-    batch = next(_train(prepared, random_crop=False, shuffle=False))
+    batch = next(_train(prepared, random_crop=False, shuffle_buffer=None))
     for i, key in enumerate(batch["key"]):
         image = shapes.render_example(int(key.split(b"_")[-1]), "train", seed, 64)["image"]
         np.testing.assert_allclose(batch["images"][-1][i], image / 127.5 - 1.0, atol=1e-6)
         half = image.reshape(32, 2, 32, 2, 3).mean((1, 3)) / 127.5 - 1.0
         assert np.abs(batch["images"][0][i] - half).mean() < 0.05
-    cropped = next(_train(prepared, random_crop=True, shuffle=False))
+    cropped = next(_train(prepared, random_crop=True, shuffle_buffer=None))
     assert not np.array_equal(cropped["images"][-1], batch["images"][-1])
 
 
 def test_eval_pass_pads_and_covers_everything(prepared):
     p = prepared
-    one = ip.create_eval_dataset(p["data_dir"], "shapes", "test", p["tok"], SIZES, 4, 12)
+    one = ip.create_eval_dataset(_source(p), "test", 4)
     batches = list(one)
     assert len(batches) == len(one) == 2 and one.num_examples == 6
     valid = np.concatenate([b["valid"] for b in batches])
@@ -173,8 +175,7 @@ def test_eval_pass_pads_and_covers_everything(prepared):
     _assert_batches_equal(batches[0], again[0])
 
     per_host = [
-        list(ip.create_eval_dataset(p["data_dir"], "shapes", "test", p["tok"], SIZES, 4, 12,
-                                    process_index=i, process_count=2))
+        list(ip.create_eval_dataset(_source(p), "test", 4, host=(i, 2)))
         for i in range(2)
     ]  # fmt: skip
     assert len(per_host[0]) == len(per_host[1])
@@ -187,10 +188,8 @@ def test_eval_pass_pads_and_covers_everything(prepared):
 def test_eval_every_caption(prepared):
     p = prepared
     seed = p["config"].data.shapes.seed
-    ev = ip.create_eval_dataset(
-        p["data_dir"], "shapes", "test_novel", p["tok"], SIZES, 4, 30, captions="all",
-        captions_per_image=3, long_caption="truncate",
-    )  # fmt: skip
+    source = _source(p, words_num=30, captions_per_image=3, long_caption="truncate")
+    ev = ip.create_eval_dataset(source, "test_novel", 4, captions="all")
     seen = {}
     for b in ev:
         for i in np.flatnonzero(b["valid"]):
@@ -212,16 +211,16 @@ def test_load_captions_in_eval_order(prepared):
 def test_pipeline_errors(prepared, tmp_path):
     p = prepared
     with pytest.raises(ValueError, match="divisible"):
-        _train(p, batch_size=7, process_count=2)
+        _train(p, batch_size=7, host=(0, 2))
     with pytest.raises(ValueError, match="no split 'valid'"):
-        next(ip.create_dataset(p["data_dir"], "shapes", "valid", p["tok"], SIZES, 4, 12))
+        next(ip.create_dataset(_source(p), "valid", 4))
     unfinished = tmp_path / "shapes" / "incomplete.AB12_1.0.0"
     unfinished.mkdir(parents=True)
     (unfinished / "dataset_info.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match="run --mode=prepare"):
         ip.find_builder_dir(tmp_path, "shapes")
     with pytest.raises(ValueError, match="increasing"):
-        ip.create_dataset(p["data_dir"], "shapes", "train", p["tok"], (64, 32), 4, 12)
+        ip.create_dataset(ip.Source(p["data_dir"], "shapes", p["tok"], (64, 32), 12), "train", 4)
 
 
 def test_prepare_never_overwrites_silently(tmp_path):
@@ -271,7 +270,7 @@ def test_prepare_and_read_cub_through_the_builder_interface(tmp_path):
         *[[fake.captions[k] for k in fake.keys[s]] for s in ("train", "test")]
     )[3]
     assert tok.wordtoix == official  # the pickle's index, unchanged (not re-sorted)
-    batch = next(ip.create_dataset(data_dir, "cub", "train", tok, (64, 128, 256), 2, 18))
+    batch = next(ip.create_dataset(ip.Source(data_dir, "cub", tok, (64, 128, 256), 18), "train", 2))
     assert [im.shape[1] for im in batch["images"]] == [64, 128, 256]
     assert set(batch["key"]) <= {k.encode() for k in fake.keys["train"]}
     for i, key in enumerate(batch["key"]):
