@@ -18,7 +18,7 @@ import pathlib
 import shutil
 import time
 
-from mirrorgan_jax.data import input_pipeline, tokenizers
+from mirrorgan_jax.data import input_pipeline, shapes, tokenizers
 
 DATASET_NAMES = ("shapes", "cub", "coco")
 _REPORT_VERSION = 1
@@ -66,6 +66,8 @@ def _external_module(name: str):
     """The CUB/COCO builder module. Interface agreed with its author:
     build(config_data, data_dir) -> dict (its report) and
     load_captions_for_tokenizer(config_data) -> (train_captions, all_captions, wordtoix | None)."""
+    # Imported here: their builders import tensorflow_datasets, which shapes runs need only
+    # once they build.
     if name == "cub":
         from mirrorgan_jax.data import cub as module
     else:
@@ -82,8 +84,6 @@ def _build(config_data, data_dir: pathlib.Path) -> tuple[dict, list, list, dict 
         train, every, wordtoix = module.load_captions_for_tokenizer(config_data)
         return dict(report or {}), list(train), list(every), wordtoix
     import tensorflow_datasets as tfds
-
-    from mirrorgan_jax.data import shapes
 
     s = dict(config_data.shapes)
     builder = shapes.Shapes(data_dir=str(data_dir), **s)

@@ -178,7 +178,7 @@ def bench_train(config, nets, n_words, steps, calib, rows, initial=None) -> floa
         state, frozen = initial_state(nets, hyper)
     else:  # a copy: placement may reuse a buffer, and the step donates its state
         state, frozen = jax.tree.map(jnp.copy, initial[0]), initial[1]
-    state, frozen = jax.device_put((state, frozen), parallel.replicated(mesh))
+    state, frozen = parallel.replicate(mesh, (state, frozen))
     init_s = time.perf_counter() - t0  # placement only when `initial` is given
     _progress(f"train: initialised in {init_s:.1f} s")
     b = config.train.batch_size
