@@ -11,8 +11,7 @@ token w_k. There are no <start>/<end> tokens (0 is pad/<end> in the AttnGAN voca
 first prediction is conditioned on the image feature alone. `greedy_decode` is the official
 `sample()`. The caption loss is `losses.caption_cross_entropy`.
 
-`resize_bilinear` reproduces PyTorch's `F.interpolate(mode='bilinear')` (align_corners False or
-True, never antialiased); the DAMSM image encoder uses it too.
+The resize to the CNN's input is `layers.resize_bilinear` (PyTorch's `F.interpolate`).
 """
 
 from __future__ import annotations
@@ -22,85 +21,18 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from mirrorgan_jax.models.layers import LSTMLayer, TorchBatchNorm, length_mask
+from mirrorgan_jax.models.layers import (
+    LSTMLayer,
+    TorchBatchNorm,
+    length_mask,
+    resize_bilinear,
+    torch_linear,
+)
 from mirrorgan_jax.models.resnet import ResNet, resnet_spec
 
 Array = jax.Array
 Dtype = Any
-
-
-# ----------------------------------------------------------------------------- resize
-
-
-def _bilinear_taps(in_size: int, out_size: int, align_corners: bool):
-    """Source indices (i0, i1) and weights (l0, l1) of PyTorch's bilinear resize along one axis.
-
-    Computed in float32 exactly as ATen's `area_pixel_compute_source_index` (for a resize given
-    by output size): align_corners=False: src = max(in/out * (dst + 0.5) - 0.5, 0);
-    align_corners=True: src = (in-1)/(out-1) * dst.
-    """
-    dst = np.arange(out_size, dtype=np.float32)
-    if align_corners:
-        scale = np.float32(in_size - 1) / np.float32(out_size - 1) if out_size > 1 else 0.0
-        src = np.float32(scale) * dst
-    else:
-        scale = np.float32(in_size) / np.float32(out_size)
-        src = np.maximum(scale * (dst + np.float32(0.5)) - np.float32(0.5), np.float32(0.0))
-    i0 = np.minimum(np.floor(src).astype(np.int32), in_size - 1)
-    i1 = np.minimum(i0 + 1, in_size - 1)
-    l1 = (src - i0.astype(np.float32)).astype(np.float32)
-    l0 = (np.float32(1.0) - l1).astype(np.float32)
-    return i0, i1, l0, l1
-
-
-def resize_bilinear(x: Array, size: tuple[int, int], align_corners: bool = False) -> Array:
-    """Bilinear resize of NHWC `x` to `size` = (H, W), as PyTorch `F.interpolate` /
-    `nn.Upsample(size, mode='bilinear', align_corners=...)`: no antialiasing when downsampling
-    (unlike `jax.image.resize`'s default). Returns `x` unchanged when it already has that size.
-    """
-    if x.ndim != 4:
-        raise ValueError(f"resize_bilinear expects NHWC images [B, H, W, C]; got shape {x.shape}")
-    out_h, out_w = size
-    if (x.shape[1], x.shape[2]) == (out_h, out_w):
-        return x
-    dtype = x.dtype
-    # Along W first, then H, as ATen's kernel nests the two interpolations.
-    i0, i1, l0, l1 = _bilinear_taps(x.shape[2], out_w, align_corners)
-    x = x[:, :, i0, :] * l0[None, None, :, None] + x[:, :, i1, :] * l1[None, None, :, None]
-    i0, i1, l0, l1 = _bilinear_taps(x.shape[1], out_h, align_corners)
-    x = x[:, i0, :, :] * l0[None, :, None, None] + x[:, i1, :, :] * l1[None, :, None, None]
-    return x.astype(dtype)
-
-
-# ----------------------------------------------------------------------------- init helpers
-
-
-def torch_uniform(bound: float):
-    """U(-bound, bound) initializer."""
-
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return init
-
-
-# PyTorch's default nn.Linear weight init (kaiming_uniform, a=sqrt(5)) = U(+-1/sqrt(fan_in)).
-torch_linear_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
-
-
-def torch_linear(
-    features: int, fan_in: int, name: str | None = None, dtype: Dtype | None = None
-) -> nn.Dense:
-    """nn.Dense with PyTorch's default nn.Linear initialisation (weight and bias)."""
-    return nn.Dense(
-        features,
-        kernel_init=torch_linear_kernel_init,
-        bias_init=torch_uniform(1.0 / np.sqrt(fan_in)),
-        dtype=dtype,
-        name=name,
-    )
 
 
 # ----------------------------------------------------------------------------- modules

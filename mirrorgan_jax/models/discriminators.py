@@ -21,23 +21,18 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mirrorgan_jax.models.layers import Conv, TorchBatchNorm, leaky_relu, orthogonal_init
+from mirrorgan_jax.models.layers import (
+    Conv,
+    TorchBatchNorm,
+    leaky_relu,
+    orthogonal_init,
+    torch_uniform,
+)
 
 Array = jax.Array
 Dtype = Any
 
 IMAGE_SIZES = (32, 64, 128, 256)
-
-
-def _torch_bias_init(fan_in: int):
-    """PyTorch's default conv bias init U(-1/sqrt(fan_in), 1/sqrt(fan_in)); `weights_init`
-    leaves conv biases alone."""
-    bound = 1.0 / fan_in**0.5
-
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return init
 
 
 def _conv4x4_s2(features: int, dtype: Dtype | None, name: str) -> nn.Conv:
@@ -145,7 +140,8 @@ class LogitsHead(nn.Module):
             padding="VALID",
             use_bias=True,
             kernel_init=orthogonal_init,
-            bias_init=_torch_bias_init(8 * self.df_dim * 16),
+            # PyTorch's default conv bias init; `weights_init` leaves conv biases alone.
+            bias_init=torch_uniform(1.0 / (8 * self.df_dim * 16) ** 0.5),
             dtype=self.dtype,
             name="outlogits",
         )(h)  # [B, 1, 1, 1]

@@ -18,9 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mirrorgan_jax.models.captioner import resize_bilinear, torch_uniform
 from mirrorgan_jax.models.inception import InceptionV3, TinyTrunk
-from mirrorgan_jax.models.layers import Conv
+from mirrorgan_jax.models.layers import Conv, resize_bilinear, torch_uniform
 
 Array = jax.Array
 Dtype = Any

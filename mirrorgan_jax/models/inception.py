@@ -50,8 +50,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mirrorgan_jax.models.captioner import resize_bilinear
-from mirrorgan_jax.models.layers import Conv, TorchBatchNorm
+from mirrorgan_jax.models.layers import Conv, TorchBatchNorm, resize_bilinear
 
 Array = jax.Array
 Dtype = Any
