@@ -87,7 +87,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     st.checkpoint_every = 1000
     st.log_every = 100
 
-    # ---- backbone pretraining on rendered attributes (`shapes` only; pretrain_backbone.py) ----
+    # ---- backbone pretraining on rendered attributes (`shapes` only; train/backbone.py) ----
     bp = c.backbone_pretrain = ml_collections.ConfigDict()
     bp.steps = 0  # >0: the DAMSM trunk and the STREAM backbone start from attribute classifiers
     bp.num_images = 5000  # the first N `train` scenes, rendered in memory

@@ -9,7 +9,7 @@ import pytest
 from configs import shapes
 from mirrorgan_jax import hyperparameters, parallel
 from mirrorgan_jax.networks import Networks
-from mirrorgan_jax.train import gan as train_gan
+from mirrorgan_jax.train import gan
 
 N_WORDS = 30
 BATCH = 8
@@ -38,8 +38,8 @@ def _setup():
     nets = Networks.from_config(config, n_words=N_WORDS)
     hyper = hyperparameters.gan(config)
     rng = jax.random.key(0)
-    state = train_gan.init_gan_state(nets, hyper, rng)
-    frozen = train_gan.Frozen(
+    state = gan.init_gan_state(nets, hyper, rng)
+    frozen = gan.Frozen(
         nets.init_text_encoder(jax.random.key(1)),
         nets.init_caption_cnn(jax.random.key(2)),
         nets.init_caption_rnn(jax.random.key(3)),
@@ -56,7 +56,7 @@ def setup():
 def one_step(setup):
     """One step on a single device; the jitted step is compiled once for the module."""
     _, nets, hyper, state, frozen = setup
-    step = jax.jit(lambda s, b, r: train_gan.train_step(s, b, r, frozen, nets=nets, hyper=hyper))
+    step = jax.jit(lambda s, b, r: gan.train_step(s, b, r, frozen, nets=nets, hyper=hyper))
     batch = _batch(nets)
     new_state, metrics = step(state, batch, jax.random.key(5))
     return step, batch, new_state, metrics
@@ -78,7 +78,7 @@ def test_generator_loss_uses_updated_discriminators(setup, one_step):
 
     @jax.jit  # one program: run eagerly, these networks took ~20 s on CPU
     def adversarial_losses(state, new_state, tokens, lengths):
-        words, sent = train_gan.encode_text(nets, frozen, tokens, lengths)
+        words, sent = gan.encode_text(nets, frozen, tokens, lengths)
         k_z, k_eps = jax.random.split(jax.random.key(5))
         z = jax.random.normal(k_z, (BATCH, nets.z_dim))
         out, _ = nets.generator.apply(
@@ -94,10 +94,10 @@ def test_generator_loss_uses_updated_discriminators(setup, one_step):
         pairs = []
         for i, d in enumerate(nets.discriminators):
             before, after = state.discriminators[i], new_state.discriminators[i]
-            updated, _ = train_gan.generator_adversarial(
+            updated, _ = gan.generator_adversarial(
                 d, after.params, before.batch_stats, out.images[i], sent
             )
-            old, _ = train_gan.generator_adversarial(
+            old, _ = gan.generator_adversarial(
                 d, before.params, before.batch_stats, out.images[i], sent
             )
             pairs.append((updated, old))
@@ -137,7 +137,7 @@ def test_one_vs_eight_devices_agree(setup, one_step):
     _, batch, ref_state, ref_metrics = one_step
     mesh = parallel.make_mesh()
     assert mesh.devices.size == 8
-    step8 = jax.jit(lambda s, b, r: train_gan.train_step(s, b, r, frozen, nets=nets, hyper=hyper))
+    step8 = jax.jit(lambda s, b, r: gan.train_step(s, b, r, frozen, nets=nets, hyper=hyper))
     s8 = jax.device_put(state, parallel.replicated(mesh))
     b8 = parallel.shard_batch(mesh, batch)
     new8, m8 = step8(s8, b8, jax.random.key(5))
@@ -159,7 +159,7 @@ def test_bfloat16_step_is_finite_and_close(setup, one_step):
     config.mixed_precision = "bfloat16"
     nets16 = Networks.from_config(config, n_words=N_WORDS)  # same variables, bf16 activations
     _, batch, _, ref_metrics = one_step
-    step = jax.jit(lambda s, b, r: train_gan.train_step(s, b, r, frozen, nets=nets16, hyper=hyper))
+    step = jax.jit(lambda s, b, r: gan.train_step(s, b, r, frozen, nets=nets16, hyper=hyper))
     new_state, metrics = step(state, batch, jax.random.key(5))
     for leaf in jax.tree.leaves(new_state.generator.params):
         assert leaf.dtype == jnp.float32
@@ -174,7 +174,7 @@ def test_sort_by_caption_length_is_stable_and_longest_first():
         "tokens": np.arange(4)[:, None] * np.ones((1, 2), np.int32),
         "images": (np.arange(4, dtype=np.float32)[:, None],),
     }
-    out = train_gan.sort_by_caption_length(batch)
+    out = gan.sort_by_caption_length(batch)
     np.testing.assert_array_equal(out["lengths"], [7, 5, 3, 3])
     np.testing.assert_array_equal(out["tokens"][:, 0], [3, 1, 0, 2])  # ties keep batch order
     np.testing.assert_array_equal(out["images"][0][:, 0], [3, 1, 0, 2])
@@ -189,13 +189,13 @@ def test_r1_penalty_option(setup):
     params, stats = d_state.params, d_state.batch_stats
     batch = _batch(nets)
     real, fake = jnp.asarray(batch["images"][0]), jnp.asarray(batch["images"][0][::-1])
-    _, sent = train_gan.encode_text(nets, frozen, batch["tokens"], batch["lengths"])
+    _, sent = gan.encode_text(nets, frozen, batch["tokens"], batch["lengths"])
 
     @jax.jit
     def losses_and_grads(params):
-        base, (_, r1_off) = train_gan.discriminator_loss_fn(d, params, stats, real, fake, sent)
+        base, (_, r1_off) = gan.discriminator_loss_fn(d, params, stats, real, fake, sent)
         (with_r1, (_, r1)), grads = jax.value_and_grad(
-            lambda p: train_gan.discriminator_loss_fn(d, p, stats, real, fake, sent, 2.0),
+            lambda p: gan.discriminator_loss_fn(d, p, stats, real, fake, sent, 2.0),
             has_aux=True,
         )(params)
         return base, r1_off, with_r1, r1, optax.tree.norm(grads)
