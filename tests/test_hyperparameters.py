@@ -1,0 +1,31 @@
+"""hyperparameters.py: every training hyperparameter comes from the config key of its name."""
+
+import dataclasses
+
+import pytest
+
+from configs import cub, shapes
+from mirrorgan_jax import hyperparameters
+
+
+@pytest.mark.parametrize("get_config", [cub.get_config, lambda: shapes.get_config("test")])
+def test_each_field_is_its_config_key(get_config):
+    config = get_config()
+    for build, section in (
+        (hyperparameters.gan, config.train),
+        (hyperparameters.damsm, config.damsm),
+        (hyperparameters.stream, config.stream),
+    ):
+        hyper = build(config)
+        for field in dataclasses.fields(hyper):
+            if field.name == "gammas":
+                assert hyper.gammas == (section.gamma1, section.gamma2, section.gamma3)
+            else:
+                assert getattr(hyper, field.name) == section[field.name], field.name
+
+
+def test_a_changed_key_reaches_the_step():
+    config = shapes.get_config("test")
+    config.train.lr_d, config.damsm.freeze_trunk = 1e-5, True
+    assert hyperparameters.gan(config).lr_d == 1e-5
+    assert hyperparameters.damsm(config).freeze_trunk is True
