@@ -6,6 +6,7 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -14,13 +15,14 @@ from experiments.shapes_sweep import make_pack, render_images, sweep
 from mirrorgan_jax import checkpoints, hyperparameters, parallel, run
 from mirrorgan_jax import workdir as wd
 from mirrorgan_jax.evaluation import shapes_classifier
+from mirrorgan_jax.models.layers import jit_init
 from mirrorgan_jax.train import damsm, stream
 
 
 @pytest.fixture(scope="module")
 def pack(tmp_path_factory):
     """A pack made from a `:test` workdir with prepared data, fresh DAMSM and STREAM states as
-    finished stages, and a classifier trained for two steps (what make_pack reads)."""
+    finished stages, and an attribute classifier (what make_pack reads)."""
     root = tmp_path_factory.mktemp("sweep")
     workdir, pack_dir = str(root / "w"), str(root / "pack")
     config = shapes.get_config("test")
@@ -40,12 +42,11 @@ def pack(tmp_path_factory):
         with checkpoints.Checkpointer(directory, async_save=False) as c:
             meta = {"model": wd.model_fingerprint(config, stage)}
             c.save(1, parallel.replicate(mesh, state), meta=meta)
-    variables, report = shapes_classifier.train_classifier(
-        num_train=16, steps=2, batch_size=8, image_size=32, num_test=2
-    )
+    classifier = shapes_classifier.AttributeClassifier(image_size=32)  # untrained: it only scores
+    variables = jit_init(classifier.init, jax.random.key(2), jnp.zeros((1, 32, 32, 3)))
     os.makedirs(os.path.join(workdir, "eval"))
     shapes_classifier.save_classifier(
-        os.path.join(workdir, "eval", "shapes_classifier.npz"), variables, report
+        os.path.join(workdir, "eval", "shapes_classifier.npz"), {"params": variables["params"]}
     )
     make_pack.main(workdir, pack_dir, n_train=16, n_test=8, preset="test")
     render_images.main(pack_dir, processes=1)  # no fork of a process that runs JAX
