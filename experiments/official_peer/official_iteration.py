@@ -127,6 +127,7 @@ class _TimingLoader:
     def __init__(self, batch_data, iterations: int, sync):
         self.batch_data, self.iterations, self.sync = batch_data, iterations, sync
         self.stamps: list[float] = []
+        self.cpu_stamps: list[float] = []  # process CPU time, all threads
 
     def __len__(self) -> int:
         return self.iterations + 1
@@ -137,6 +138,7 @@ class _TimingLoader:
     def next(self):
         self.sync()
         self.stamps.append(time.perf_counter())
+        self.cpu_stamps.append(time.process_time())
         if len(self.stamps) > self.iterations:
             raise _IterationsDone
         imgs, captions, lengths, class_ids, keys = self.batch_data
@@ -353,6 +355,7 @@ def measure(
             return record
     intervals = np.diff(loader.stamps)[warmup:]  # one interval = one iteration
     med = float(statistics.median(intervals))
+    cpu_intervals = np.diff(loader.cpu_stamps)[warmup:]
     record.update(
         oom=False,
         setup_s=loader.stamps[0] - t_start,
@@ -361,6 +364,8 @@ def measure(
         median_s=med,
         min_s=float(min(intervals)),
         images_per_s=batch / med,
+        # on a shared CPU, wall time depends on the other processes; CPU time less so
+        median_process_cpu_s=float(statistics.median(cpu_intervals)),
         peak_rss_gb=_peak_rss_gb(),
     )
     if cuda:

@@ -299,11 +299,47 @@ def format_table(rows: list[dict], header: list[str]) -> str:
             speed = f"{r['images_per_s'] / ref['images_per_s']:.2f}x"
             memory = f"{per_image / (ref['memory_gb'] / ref['batch']):.2f}x"
         lines.append(
-            f"| {r['side']} | {r['dtype']} | {r['batch']} | {r['median_s'] * 1e3:.1f} | "
-            f"{r['images_per_s']:.2f} | {r['memory_gb']:.2f} ({r['memory_kind']}) | "
+            f"| {r['side']} | {r['dtype']} | {r['batch']} | {_digits3(r['median_s'] * 1e3)} | "
+            f"{_digits3(r['images_per_s'])} | {r['memory_gb']:.2f} ({r['memory_kind']}) | "
             f"{per_image * 1e3:.0f} | {speed} | {memory} | {r['note']} |"
         )
     return "\n".join(lines)
+
+
+def _digits3(x: float) -> str:
+    """Three significant digits, no exponent (0.132, 60.0, 243, 91093)."""
+    if x <= 0 or not math.isfinite(x):
+        return f"{x}"
+    return f"{x:.{max(0, 2 - math.floor(math.log10(x)))}f}"
+
+
+def rows_from_records(records: list[dict], batch: int) -> list[dict]:
+    """Table rows from recorded runs (--out of an earlier call, e.g. one a time limit cut off):
+    each variant's run at `batch`, then its largest batch that fitted among the others."""
+    order = [("official", "float32"), ("port", "float32"), ("port", "bfloat16")]
+    variants = order + sorted({(r["side"], r["dtype"]) for r in records} - set(order))
+    rows = []
+    for side, dtype in variants:
+        runs = [r for r in records if (r["side"], r["dtype"]) == (side, dtype)]
+        rows += [_measured_row(r, f"batch {batch}") for r in runs if r["batch"] == batch]
+    for side, dtype in variants:
+        others = [
+            r for r in records if (r["side"], r["dtype"]) == (side, dtype) and r["batch"] != batch
+        ]
+        if not others:
+            continue
+        fits = [r for r in others if _ok(r)]
+        failed = sorted(r["batch"] for r in others if not _ok(r))
+        note = "largest that fitted of batches " + ", ".join(
+            str(r["batch"]) for r in sorted(others, key=lambda r: r["batch"])
+        )
+        note += f" (did not fit or failed: {', '.join(map(str, failed))})" if failed else ""
+        if fits:
+            best = max(fits, key=lambda r: r["batch"])
+            rows.append(_row(side, dtype, best["batch"], "largest", best, note))
+        else:
+            rows.append(_row(side, dtype, 0, "largest", None, note))
+    return rows
 
 
 def _parse(argv):
@@ -365,6 +401,11 @@ def _parse(argv):
         "with memory to share; their start-up takes minutes each)",
     )
     p.add_argument("--out", default="", help="append every record here as a JSON line")
+    p.add_argument(
+        "--table_from",
+        default="",
+        help="run nothing: print the table of the records in this --out file of an earlier call",
+    )
     p.add_argument("--log", default="", help="the runs' stderr (default: --out with .log)")
     args = p.parse_args(argv)
     if args.largest not in ("auto", "off") and not args.largest.isdigit():
@@ -380,6 +421,13 @@ def _parse(argv):
 def main(argv=None) -> str:
     """Run the measurements and print (and return) the table."""
     args = _parse(argv)
+    if args.table_from:
+        with open(args.table_from) as f:
+            records = [json.loads(line) for line in f if line.strip()]
+        header = _header(args, records)[:1] + [f"Records of an earlier call: {args.table_from}"]
+        table = format_table(rows_from_records(records, args.batch), header)
+        print(table, flush=True)
+        return table
     log_path = args.log or (str(Path(args.out).with_suffix(".log")) if args.out else os.devnull)
     load_before = os.getloadavg()
     with open(log_path, "a") as log:
@@ -398,23 +446,24 @@ def main(argv=None) -> str:
         port = dict(zip(args.port_dtypes, port_runs, strict=True))
         rows += [_measured_row(r, group) for r in port_runs]
         rows += _largest_rows(args, sbs, official, port)
-    measured = [r for r in sbs.records if _ok(r)]
-    kinds = sorted({r.get("device_kind", "?") for r in measured})
-    header = [
-        f"Device: {', '.join(kinds) or '?'}"
-        + (
-            ""
-            if len(kinds) <= 1
-            else "  **NOT THE SAME DEVICE: the ratios compare different hardware**"
-        ),
-        f"Config: {args.config} {' '.join(args.port_flag)} (port); cfg/train_bird.yml (official)",
-        f"Timed iterations per run: {args.steps} (median), after {args.warmup} official / 1 port "
-        "warm-up",
-        f"Load average (1/5/15 min) before: {_load(load_before)}, after: {_load(os.getloadavg())}",
-    ]
+    header = _header(args, sbs.records)
+    header.append(
+        f"Load average (1/5/15 min) before: {_load(load_before)}, after: {_load(os.getloadavg())}"
+    )
     table = format_table(rows, header)
     print(table, flush=True)
     return table
+
+
+def _header(args, records: list[dict]) -> list[str]:
+    kinds = sorted({r.get("device_kind", "?") for r in records if _ok(r)})
+    warning = "  **NOT THE SAME DEVICE: the ratios compare different hardware**"
+    return [
+        f"Device: {', '.join(kinds) or '?'}" + (warning if len(kinds) > 1 else ""),
+        f"Config: {args.config} {' '.join(args.port_flag)} (port); cfg/train_bird.yml (official)",
+        f"Timed iterations per run: {args.steps} (median), after {args.warmup} official / 1 port "
+        "warm-up",
+    ]
 
 
 def _load(avg) -> str:
