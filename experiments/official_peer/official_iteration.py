@@ -17,7 +17,7 @@ G loss with STREAM, the G update and the EMA); after `warmup + steps` iterations
 the run. Config values set on top of the yml (no code change): TRAIN.BATCH_SIZE, CUDA (the
 device), GPU_ID 0.
 
-Inputs: captions drawn exactly as `mirrorgan_jax.benchmark.random_batch` draws them (the same
+Inputs: captions drawn exactly as `mirrorgan_jax.tools.benchmark.random_batch` draws them (the same
 lengths, so the same packed sequences and the same attention width T), images U(-1, 1) at 64, 128
 and 256 px placed on the device before timing (the port's benchmark also times a batch already
 on the device); the official `prepare_data` still sorts the batch and moves the captions.
@@ -107,8 +107,8 @@ SOURCE_PATCHES = {
 
 def random_captions(batch: int, words_num: int, n_words: int, seed: int = 0):
     """(tokens [B, T] int64 with 0 at pads, lengths [B] int64, descending): the draw that
-    `mirrorgan_jax.benchmark.random_batch` makes with the same seed, so both sides pack the same
-    caption lengths."""
+    `mirrorgan_jax.tools.benchmark.random_batch` makes with the same seed, so both sides pack
+    the same caption lengths."""
     rs = np.random.RandomState(seed)
     lengths = np.sort(rs.randint(max(2, words_num // 2), words_num + 1, batch))[::-1]
     tokens = rs.randint(1, n_words, (batch, words_num))

@@ -7,7 +7,7 @@
 Runs, one process at a time (each gets the whole device and its own peak-memory figure; with
 --overlap the port's runs at one batch start together and only their timed steps take turns):
   1. the official iteration at --batch, float32 (official_iteration.py, under --official_python);
-  2. this port's benchmark (`python -m mirrorgan_jax.benchmark --what=train`, under
+  2. this port's benchmark (`python -m mirrorgan_jax.tools.benchmark --what=train`, under
      --port_python) at --batch, float32 and then bfloat16;
   3. with --largest=auto on an accelerator: for the official float32 and each port dtype, the
      largest batch that fits, searched from the measured peak memory (below), and its timing.
@@ -57,7 +57,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 OFFICIAL_WORKER = Path(__file__).resolve().with_name("official_iteration.py")
 
 # The one place that names the port's benchmark: its command line is the interface used here.
-PORT_BENCHMARK_MODULE = "mirrorgan_jax.benchmark"
+PORT_BENCHMARK_MODULE = "mirrorgan_jax.tools.benchmark"
 
 # Fractions of the device memory the largest-batch guesses aim at: the first from one point
 # (cautious), the later ones from a line through two (allocator overhead takes the rest).

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-_DIR = Path(__file__).resolve().parents[1] / "experiments" / "official_peer"
+_DIR = Path(__file__).resolve().parents[2] / "experiments" / "official_peer"
 
 
 def _load(name):
@@ -54,7 +54,7 @@ def test_port_half_runs_at_the_tiny_config(tmp_path, capsys):
     assert record["images_per_s"] == pytest.approx(8 / record["median_s"])
     assert 0 < record["peak_rss_gb"] < 24 and math.isfinite(record["g_loss"])
     assert record["wall_s"] > record["compile_s"] > 0
-    assert (tmp_path / "records.log").read_text().count("mirrorgan_jax.benchmark") == 1
+    assert (tmp_path / "records.log").read_text().count("mirrorgan_jax.tools.benchmark") == 1
 
     lines = table.splitlines()
     assert lines[0] == "Device: cpu"
