@@ -29,7 +29,10 @@ def main(
 ) -> None:
     config = shapes_cfg.get_config(preset)
     with open(os.path.join(workdir, "config.json")) as f:
-        config.data.data_dir = json.load(f)["data"]["data_dir"]  # "" -> W/data (wd.data_dir)
+        saved = json.load(f)["data"]
+    config.data.data_dir = saved["data_dir"]  # "" -> W/data (wd.data_dir)
+    # Workdirs from before the geometry option were prepared in the "small" geometry.
+    geometry = config.data.shapes.geometry = saved["shapes"].get("geometry", "small")
     nets, tok = wd.load_networks(config, workdir)
     seed, words = config.data.shapes.seed, config.data.words_num
     tokens = np.zeros((n_train, 10, words), np.int16)
@@ -42,7 +45,9 @@ def main(
         # caption i % 10 of test example i
         t, n = tok.encode_batch([captions[i % 10]], words, None, long_caption="truncate")
         test_tokens[i], test_lengths[i] = t[0], n[0]
-    attributes = [shapes.sample_scene(i, "test", seed).attributes() for i in range(n_test)]
+    attributes = [
+        shapes.sample_scene(i, "test", seed, geometry).attributes() for i in range(n_test)
+    ]
     os.makedirs(out, exist_ok=True)
     frozen = wd.restore_frozen(config, workdir, nets, parallel.make_mesh())
     state = jax.tree.map(np.asarray, flax.serialization.to_state_dict(frozen))
@@ -54,7 +59,8 @@ def main(
     )  # fmt: skip
     shutil.copy(os.path.join(workdir, "eval", "shapes_classifier.npz"), out)
     with open(os.path.join(out, "meta.json"), "w") as f:
-        json.dump({"n_words": tok.vocab_size, "data_seed": seed, "n_train": n_train}, f)
+        meta = dict(n_words=tok.vocab_size, data_seed=seed, n_train=n_train, geometry=geometry)
+        json.dump(meta, f)
     print(f"pack written to {out}: {n_train} train captions sets, {n_test} test captions")
 
 

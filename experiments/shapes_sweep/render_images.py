@@ -16,15 +16,16 @@ from mirrorgan_jax.data import shapes
 
 
 def _render(args):
-    index, seed = args
-    return shapes.render_example(index, "train", seed, 64)["image"]
+    index, seed, geometry = args
+    return shapes.render_example(index, "train", seed, 64, geometry)["image"]
 
 
 def main(pack: str, processes: int | None = None) -> None:
     """processes: worker processes (default one per core; 1 renders in this process)."""
     with open(os.path.join(pack, "meta.json")) as f:
         meta = json.load(f)
-    jobs = [(i, meta["data_seed"]) for i in range(meta["n_train"])]
+    geometry = meta.get("geometry", "small")  # packs made before the option: the old geometry
+    jobs = [(i, meta["data_seed"], geometry) for i in range(meta["n_train"])]
     if processes == 1:
         images = np.stack([_render(job) for job in jobs])  # [N, 64, 64, 3] uint8
     else:

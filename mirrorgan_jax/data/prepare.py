@@ -136,12 +136,10 @@ def prepare(config, workdir: str | pathlib.Path) -> dict:
     old = json.loads(report_file.read_text()) if report_file.exists() else None
     existing = _existing_outputs(data_dir, name, old)
     if old is not None:
-        diff = {
-            k: (old["settings"].get(k), v)
-            for k, v in settings.items()
-            if old["settings"].get(k) != v
-        }
-        diff.update({k: (v, None) for k, v in old["settings"].items() if k not in settings})
+        # A shapes set prepared before the geometry option was made in the "small" geometry.
+        saved = {**({"shapes.geometry": "small"} if name == "shapes" else {}), **old["settings"]}
+        diff = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
+        diff.update({k: (v, None) for k, v in saved.items() if k not in settings})
         if not diff:
             return {**old, "status": "already_prepared"}
         if not data.overwrite:

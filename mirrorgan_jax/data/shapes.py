@@ -62,13 +62,31 @@ NUM_PAIRS = len(COLOURS) * len(SHAPES)
 SPLITS: tuple[str, ...] = ("train", "test", "test_novel")
 SUPERSAMPLE = 4
 
-# Geometry in units of the image side (resolution-free).
-_RADIUS = (0.10, 0.17)  # small, large (x U(0.94, 1.06))
-_POSITION_CENTRES = ((0.27, 0.5), (0.73, 0.5), (0.5, 0.27), (0.5, 0.73), (0.5, 0.5))
-_POSITION_JITTER = 0.04
-_PAIR_ALONG = (0.25, 0.75)  # the two objects' coordinates along the relation axis
-_PAIR_ALONG_JITTER = 0.03
-_PAIR_ACROSS_JITTER = 0.08
+
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+    """Where and how big objects are, in units of the image side (resolution-free)."""
+
+    radius: tuple[float, float]  # small, large (each x U(0.94, 1.06))
+    pair_along: tuple[float, float]  # the two objects' coordinates along the relation axis
+    pair_along_jitter: float
+    position_centres: tuple[tuple[float, float], ...] = (
+        (0.27, 0.5), (0.73, 0.5), (0.5, 0.27), (0.5, 0.73), (0.5, 0.5),
+    )  # fmt: skip
+    position_jitter: float = 0.04
+    pair_across_jitter: float = 0.08
+
+
+# "large" (the default) draws objects about 1.35x the size of the first release's "small"
+# geometry, so that a star's points and a cross's arms span several pixels at the generator's
+# 32-px first stage; the pair is spread a little further so that two large objects never touch.
+# Only sizes and positions differ: the same (seed, split, index) gives the same objects,
+# colours, relations and captions in both.
+GEOMETRIES: dict[str, Geometry] = {
+    "large": Geometry(radius=(0.14, 0.205), pair_along=(0.235, 0.765), pair_along_jitter=0.0125),
+    "small": Geometry(radius=(0.10, 0.17), pair_along=(0.25, 0.75), pair_along_jitter=0.03),
+}
+DEFAULT_GEOMETRY = "large"
 _COLOUR_JITTER = 10
 _MAX_ROTATION_DEG = 12.0
 
@@ -140,10 +158,17 @@ def _rng(seed: int, split: str, index: int, stream: int) -> np.random.Generator:
     return np.random.default_rng([seed, _split_id(split), index, stream])
 
 
-def _make_object(rng, pair, centre) -> ShapeObject:
+def geometry_named(name: str) -> Geometry:
+    """The `Geometry` of `GEOMETRIES[name]`, with an error naming the choices."""
+    if name not in GEOMETRIES:
+        raise ValueError(f"shapes: unknown geometry {name!r}; expected one of {tuple(GEOMETRIES)}")
+    return GEOMETRIES[name]
+
+
+def _make_object(rng, pair, centre, geometry: Geometry) -> ShapeObject:
     colour, shape = pair
     size = int(rng.integers(len(SIZES)))
-    radius = _RADIUS[size] * rng.uniform(0.94, 1.06)
+    radius = geometry.radius[size] * rng.uniform(0.94, 1.06)
     rotation = 0.0 if shape == 0 else rng.uniform(-_MAX_ROTATION_DEG, _MAX_ROTATION_DEG)
     base = np.array(COLOURS[colour][1])
     rgb = np.clip(base + rng.integers(-_COLOUR_JITTER, _COLOUR_JITTER + 1, 3), 0, 255)
@@ -153,12 +178,14 @@ def _make_object(rng, pair, centre) -> ShapeObject:
     )  # fmt: skip
 
 
-def sample_scene(index: int, split: str, seed: int) -> Scene:
+def sample_scene(index: int, split: str, seed: int, geometry: str = DEFAULT_GEOMETRY) -> Scene:
     """The scene of example `index` of `split` (deterministic in `(seed, split, index)`).
 
     train/test draw every object from the non-held-out pairs; in test_novel one randomly chosen
-    object gets a held-out pair and the other (if any) any pair.
+    object gets a held-out pair and the other (if any) any pair. `geometry` (a key of
+    `GEOMETRIES`) sets sizes and positions only.
     """
+    g = geometry_named(geometry)
     rng = _rng(seed, split, index, 0)
     num_objects = int(rng.integers(1, 3))
     if split == "test_novel":
@@ -174,20 +201,20 @@ def sample_scene(index: int, split: str, seed: int) -> Scene:
     background = int(rng.integers(len(BACKGROUNDS)))
     if num_objects == 1:
         position = int(rng.integers(len(POSITIONS)))
-        centre = np.array(_POSITION_CENTRES[position]) + rng.uniform(
-            -_POSITION_JITTER, _POSITION_JITTER, 2
+        centre = np.array(g.position_centres[position]) + rng.uniform(
+            -g.position_jitter, g.position_jitter, 2
         )
-        return Scene((_make_object(rng, pairs[0], centre),), position, -1, background)
+        return Scene((_make_object(rng, pairs[0], centre, g),), position, -1, background)
     relation = int(rng.integers(len(RELATIONS)))
     # relation 0: object0 left of object1 -> object0 at the smaller x; 2: above -> smaller y.
     first, second = (0, 1) if relation in (0, 2) else (1, 0)
-    along = np.array(_PAIR_ALONG)[[first, second]] + rng.uniform(
-        -_PAIR_ALONG_JITTER, _PAIR_ALONG_JITTER, 2
+    along = np.array(g.pair_along)[[first, second]] + rng.uniform(
+        -g.pair_along_jitter, g.pair_along_jitter, 2
     )
-    across = 0.5 + rng.uniform(-_PAIR_ACROSS_JITTER, _PAIR_ACROSS_JITTER, 2)
+    across = 0.5 + rng.uniform(-g.pair_across_jitter, g.pair_across_jitter, 2)
     horizontal = relation in (0, 1)
     centres = [(a, c) if horizontal else (c, a) for a, c in zip(along, across, strict=True)]
-    objects = tuple(_make_object(rng, pairs[k], centres[k]) for k in range(2))
+    objects = tuple(_make_object(rng, pairs[k], centres[k], g) for k in range(2))
     return Scene(objects, -1, relation, background)
 
 
@@ -258,14 +285,16 @@ def render_scene(scene: Scene, image_size: int, noise_seed: int | list[int] = 0)
     return image
 
 
-def render_example(index: int, split: str, seed: int, image_size: int = 64) -> dict:
-    """One example as plain python/numpy.
+def render_example(
+    index: int, split: str, seed: int, image_size: int = 64, geometry: str = DEFAULT_GEOMETRY
+) -> dict:
+    """One example as plain python/numpy (`geometry`: a key of `GEOMETRIES`).
 
     Returns dict(image uint8 [S, S, 3], captions list[str] (10), class_id int,
     attributes int64 [NUM_ATTRIBUTES], key str, objects list[dict] (colour, shape, size,
     centre_px (x, y), radius_px, rgb), background str).
     """
-    scene = sample_scene(index, split, seed)
+    scene = sample_scene(index, split, seed, geometry)
     captions = generate_captions(scene, _rng(seed, split, index, 1))
     image = render_scene(scene, image_size, [seed, _split_id(split), index, 2])
     objects = [
@@ -296,7 +325,8 @@ def example_key(split: str, index: int) -> str:
 
 
 def split_captions(split: str, num: int, seed: int) -> list[list[str]]:
-    """The captions of the first `num` examples of `split` without rendering (for tokenizers)."""
+    """The captions of the first `num` examples of `split` without rendering (for tokenizers);
+    the same in every geometry."""
     return [
         generate_captions(sample_scene(i, split, seed), _rng(seed, split, i, 1)) for i in range(num)
     ]
@@ -354,23 +384,28 @@ def canonical_attributes(attributes) -> np.ndarray:
 
 
 def render_dataset(
-    split: str, num: int, seed: int, image_size: int, start: int = 0
+    split: str,
+    num: int,
+    seed: int,
+    image_size: int,
+    start: int = 0,
+    geometry: str = DEFAULT_GEOMETRY,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Examples `start .. start+num-1` of `split`, rendered in memory.
+    """Examples `start .. start+num-1` of `split`, rendered in memory in `geometry`.
 
     Returns (images uint8 [num, S, S, 3], canonical attributes int64 [num, NUM_ATTRIBUTES]).
     """
     images = np.empty((num, image_size, image_size, 3), np.uint8)
     attributes = np.empty((num, NUM_ATTRIBUTES), np.int64)
     for k in range(num):
-        ex = render_example(start + k, split, seed, image_size)
+        ex = render_example(start + k, split, seed, image_size, geometry)
         images[k], attributes[k] = ex["image"], ex["attributes"]
     return images, canonical_attributes(attributes)
 
 
-def _encoded_example(args: tuple[int, str, int, int]) -> tuple[str, dict]:
-    index, split, seed, image_size = args
-    ex = render_example(index, split, seed, image_size)
+def _encoded_example(args: tuple[int, str, int, int, str]) -> tuple[str, dict]:
+    index, split, seed, image_size, geometry = args
+    ex = render_example(index, split, seed, image_size, geometry)
     buf = io.BytesIO()
     Image.fromarray(ex["image"]).save(buf, format="PNG", compress_level=1)  # fast, lossless
     record = dict(
@@ -384,13 +419,19 @@ def _encoded_example(args: tuple[int, str, int, int]) -> tuple[str, dict]:
 
 
 def generate_records(
-    split: str, num: int, seed: int, image_size: int, num_workers: int = 0
+    split: str,
+    num: int,
+    seed: int,
+    image_size: int,
+    num_workers: int = 0,
+    geometry: str = DEFAULT_GEOMETRY,
 ) -> Iterator[tuple[str, dict]]:
     """Yields `(key, record)` in index order; the image is PNG bytes (the tfds feature encoding).
 
     num_workers: 0 -> min(os.cpu_count(), 8); 1 -> in process. Output does not depend on it.
     """
-    jobs = [(i, split, seed, image_size) for i in range(num)]
+    geometry_named(geometry)
+    jobs = [(i, split, seed, image_size, geometry) for i in range(num)]
     workers = num_workers or min(os.cpu_count() or 1, 8)
     if workers <= 1 or num < 1024:  # small sets (tests) stay in process: no fork
         yield from map(_encoded_example, jobs)
@@ -418,7 +459,7 @@ def _make_builder_class():
         """tfds builder of the shapes set: splits train / test / test_novel, tfrecord, offline.
 
         Shapes(data_dir=D, num_train=20000, num_test=2000, num_test_novel=1000, image_size=64,
-               seed=1234, num_workers=0).download_and_prepare(
+               seed=1234, geometry="large", num_workers=0).download_and_prepare(
                    download_config=tfds.download.DownloadConfig(try_download_gcs=False))
         The settings are stored in the DatasetInfo metadata (`metadata.json`); after a build,
         `captions[split]` holds every example's captions in index order.
@@ -430,17 +471,20 @@ def _make_builder_class():
         # imports the `importlib_resources` backport, which is not a dependency here.
         code_path = None
 
-        def __init__(self, *, num_workers: int = 0, **kwargs):
-            # The settings (BUILDER_SETTINGS, each an int) come as keywords; the rest go to tfds.
+        def __init__(self, *, num_workers: int = 0, geometry: str = DEFAULT_GEOMETRY, **kwargs):
+            # The settings (BUILDER_SETTINGS, each an int, and the geometry's name) come as
+            # keywords; the rest go to tfds.
             self.settings = {
                 k: int(kwargs.pop(k, default)) for k, (default, _) in BUILDER_SETTINGS.items()
             }
+            geometry_named(geometry)
             for k, v in self.settings.items():
                 minimum = BUILDER_SETTINGS[k][1]
                 if v < minimum:
                     raise ValueError(
                         f"shapes: {k}={v}, expected >= {minimum} (tfds splits cannot be empty)"
                     )
+            self.settings["geometry"] = geometry
             self._num_workers = num_workers
             # split -> captions of each example, filled while the split is generated.
             self.captions: dict[str, list[list[str]]] = {}
@@ -471,7 +515,12 @@ def _make_builder_class():
             s = self.settings
             self.captions[split] = []
             for key, record in generate_records(
-                split, num, s["seed"], s["image_size"], num_workers=self._num_workers
+                split,
+                num,
+                s["seed"],
+                s["image_size"],
+                num_workers=self._num_workers,
+                geometry=s["geometry"],
             ):
                 self.captions[split].append(record["captions"])
                 yield key, record
@@ -495,6 +544,9 @@ def __getattr__(name: str):
 __all__ = [
     "ATTRIBUTE_CLASSES",
     "BACKGROUNDS",
+    "DEFAULT_GEOMETRY",
+    "GEOMETRIES",
+    "Geometry",
     "COLOURS",
     "COLOUR_NAMES",
     "HELD_OUT_PAIRS",

@@ -207,6 +207,13 @@ def run(config, workdir: str) -> dict:
         logging.info("eval %s: %s", split, json.dumps(result))
     if shapes_eval is not None:
         metrics["classifier"] = shapes_eval.report
+    # The frozen networks' own test reports (DAMSM retrieval and, on shapes, the sentence
+    # probe; STREAM token accuracy), so that one file holds every number of the run.
+    for stage in ("damsm", "stream"):
+        path = os.path.join(wd.stage_dir(workdir, stage), "eval.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                metrics[stage] = json.load(f)
     metrics["wall_time_s"] = time.time() - t0
     if jax.process_index() == 0:
         out = os.path.join(workdir, "eval")
@@ -225,8 +232,17 @@ class ShapesSemantics:
     def __init__(self, config, workdir: str):
         sc = shapes_classifier
         path = os.path.join(workdir, "eval", "shapes_classifier.npz")
+        geometry = config.data.shapes.geometry
         if os.path.exists(path):
             variables, self.report = sc.load_classifier(path)
+            # Classifiers saved before the geometry option were trained on the "small" one.
+            trained_on = self.report.get("geometry", "small")
+            if trained_on != geometry:
+                raise ValueError(
+                    f"{path} was trained on shapes geometry {trained_on!r}, but "
+                    f"config.data.shapes.geometry={geometry!r}: evaluate with the geometry the "
+                    "run was trained on, or move the file away to train a new classifier"
+                )
         else:
             ev = config.eval
             variables, self.report = sc.train_classifier(
@@ -236,6 +252,7 @@ class ShapesSemantics:
                 num_test=ev.classifier_test_images,
                 seed=config.seed,
                 data_seed=config.data.shapes.seed,
+                geometry=geometry,
             )
             if jax.process_index() == 0:
                 os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -34,6 +34,7 @@ from mirrorgan_jax import losses
 from mirrorgan_jax.data.schema import ATTRIBUTE_FIELDS
 from mirrorgan_jax.data.shapes import (
     ATTRIBUTE_CLASSES,
+    DEFAULT_GEOMETRY,
     canonical_attributes,
     check_attributes,
     render_dataset,
@@ -179,7 +180,11 @@ def evaluate_attributes(
 
 
 def render_training_set(
-    num: int, seed: int, image_size: int, novel_fraction: float = 0.25
+    num: int,
+    seed: int,
+    image_size: int,
+    novel_fraction: float = 0.25,
+    geometry: str = DEFAULT_GEOMETRY,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The classifier's training images: `train`-split scenes plus a `novel_fraction` of
     `test_novel`-split scenes, so every colour-shape pair (the held-out ones included) is seen.
@@ -193,9 +198,9 @@ def render_training_set(
             f"render_training_set: novel_fraction must be in [0, 1], got {novel_fraction}"
         )
     num_novel = int(round(num * novel_fraction))
-    x, y = render_dataset("train", num - num_novel, seed, image_size)
+    x, y = render_dataset("train", num - num_novel, seed, image_size, geometry=geometry)
     if num_novel:
-        xn, yn = render_dataset("test_novel", num_novel, seed, image_size)
+        xn, yn = render_dataset("test_novel", num_novel, seed, image_size, geometry=geometry)
         x, y = np.concatenate([x, xn]), np.concatenate([y, yn])
     return x, y
 
@@ -212,8 +217,10 @@ def train_classifier(
     render_seed: int = 4321,
     data_seed: int = 1234,
     novel_fraction: float = 0.25,
+    geometry: str = DEFAULT_GEOMETRY,
 ) -> tuple[dict, dict]:
-    """Trains an AttributeClassifier on `num_train` real shapes images rendered in memory.
+    """Trains an AttributeClassifier on `num_train` real shapes images rendered in memory
+    (every image, train and test, in `geometry`).
 
     Training images: `render_training_set(num_train, render_seed, image_size, novel_fraction)`
     (every colour-shape pair, none of the data set's images). Tested on the first `num_test`
@@ -233,10 +240,14 @@ def train_classifier(
         )
     model = model or AttributeClassifier(image_size=image_size)
     t0 = time.perf_counter()
-    train_x, train_y = render_training_set(num_train, render_seed, image_size, novel_fraction)
+    train_x, train_y = render_training_set(
+        num_train, render_seed, image_size, novel_fraction, geometry
+    )
     tests = {
-        "test": render_dataset("test", num_test, data_seed, image_size),
-        "test_novel": render_dataset("test_novel", num_test // 2, data_seed, image_size),
+        "test": render_dataset("test", num_test, data_seed, image_size, geometry=geometry),
+        "test_novel": render_dataset(
+            "test_novel", num_test // 2, data_seed, image_size, geometry=geometry
+        ),
     }
     render_seconds = time.perf_counter() - t0
 
@@ -279,6 +290,7 @@ def train_classifier(
         num_train=num_train,
         num_test=num_test,
         image_size=image_size,
+        geometry=geometry,
         model=_model_meta(model),
     )
     return variables, report

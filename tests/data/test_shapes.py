@@ -224,3 +224,27 @@ def test_canonical_attributes_matches_swap_objects():
     np.testing.assert_array_equal(rows[2], pair(0, 1, 0, 2, 3, 1, 1))  # input not modified
     with pytest.raises(ValueError, match="attributes"):
         shapes.canonical_attributes(np.zeros((3, 4), np.int64))
+
+
+@pytest.mark.parametrize("geometry", sorted(shapes.GEOMETRIES))
+def test_geometries_change_only_sizes_and_positions(geometry):
+    """Every geometry draws the same objects, colours, relations and captions for an index;
+    objects never overlap (every shape fits in 1.14 x its radius) and their centres stay
+    inside the image; the large geometry's objects are bigger than the small one's."""
+    for split in shapes.SPLITS:
+        for i in range(60):
+            ex = shapes.render_example(i, split, SEED, 32, geometry)
+            ref = shapes.render_example(i, split, SEED, 32, "small")
+            assert ex["captions"] == ref["captions"]
+            assert (ex["attributes"] == ref["attributes"]).all()
+            objs = ex["objects"]
+            for o, r in zip(objs, ref["objects"], strict=True):
+                assert o["radius_px"] >= r["radius_px"]
+                assert all(o["radius_px"] < c < 32 - o["radius_px"] for c in o["centre_px"])
+            if len(objs) == 2:
+                gap = np.hypot(*np.subtract(objs[0]["centre_px"], objs[1]["centre_px"]))
+                assert gap > 1.14 * (objs[0]["radius_px"] + objs[1]["radius_px"])
+    large, small = shapes.GEOMETRIES["large"], shapes.GEOMETRIES["small"]
+    assert min(large.radius) > min(small.radius) and max(large.radius) > max(small.radius)
+    with pytest.raises(ValueError, match="unknown geometry 'huge'"):
+        shapes.sample_scene(0, "train", SEED, "huge")
