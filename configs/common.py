@@ -32,6 +32,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     d.shapes = ml_collections.ConfigDict(
         dict(num_train=20000, num_test=2000, num_test_novel=1000, image_size=64, seed=1234)
     )
+    # Object sizes and positions (data/shapes.py GEOMETRIES): "large", or "small", the geometry
+    # of workdirs prepared before the option existed.
+    d.shapes.geometry = "large"
 
     # ---- model ----
     m = c.model = ml_collections.ConfigDict()
@@ -47,6 +50,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     # c = mu, so the first stage sees the whole sentence code (not in the official code).
     m.ca_noise_scale = 1.0
     m.discriminator_batchnorm = True  # False: no BatchNorm in the Ds (not in the official code)
+    m.discriminator_spectral_norm = False  # True: spectrally normalised D convs (not official)
     m.r_num = 2
     m.branch_num = 3  # stages: 64 / 128 / 256
     m.base_size = 64
@@ -108,6 +112,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     t.ema_warmup = False  # True: decay min(ema_decay, (1+t)/(10+t)) for short runs
     t.lambda1 = 10.0  # STREAM weight (TRAIN.SMOOTH.LAMBDA1)
     t.r1_gamma = 0.0  # >0: R1 penalty in each D loss (not in the official code)
+    # Options from later text-to-image GANs, none in the official code (train/gan.py):
+    t.adversarial_loss = "bce"  # "bce" (official) | "hinge"
+    t.ma_gp_weight = 0.0  # >0: matching-aware gradient penalty on real image-text pairs
+    t.diffaugment = ""  # DiffAugment policy of the Ds' inputs, e.g. "translation,cutout"
     t.checkpoint_every = 2000
     t.keep_checkpoints = 3
     t.log_every = 100

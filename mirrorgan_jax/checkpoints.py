@@ -38,7 +38,11 @@ _ABSENT = "<absent>"
 # Config keys added after checkpoints and workdirs were first written, each with the value that
 # reproduces the behaviour from before it existed. A saved config without such a key counts as
 # that value, so older checkpoints keep restoring; a run that sets another value still differs.
-ADDED_KEYS: dict[str, Any] = {"model.ca_noise_scale": 1.0, "model.discriminator_batchnorm": True}
+ADDED_KEYS: dict[str, Any] = {
+    "model.ca_noise_scale": 1.0,
+    "model.discriminator_batchnorm": True,
+    "model.discriminator_spectral_norm": False,
+}
 
 
 class NonFiniteError(ValueError):

@@ -9,7 +9,9 @@ from typing import Any
 
 import ml_collections
 
+from mirrorgan_jax.data import shapes
 from mirrorgan_jax.models.resnet import resnet_spec
+from mirrorgan_jax.train import augment
 
 _CHOICES = {
     "data.name": ("shapes", "cub", "coco"),
@@ -18,6 +20,8 @@ _CHOICES = {
     "model.word_attention_mask": ("official", "per_sample"),
     "model.sentence_attention_softmax": ("channel", "spatial"),
     "model.damsm_backbone": ("inception_v3", "tiny"),
+    "train.adversarial_loss": ("bce", "hinge"),
+    "data.shapes.geometry": tuple(shapes.GEOMETRIES),
     "mixed_precision": ("float32", "bfloat16"),
 }
 _POSITIVE = (
@@ -97,14 +101,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"config.backbone_pretrain.num_images={bp.num_images}: expected at most "
             f"data.shapes.num_train={config.data.shapes.num_train} (it uses the train split)"
         )
-    for section, key in (("model", "ca_noise_scale"), ("train", "r1_gamma")):
+    for section, key in (
+        ("model", "ca_noise_scale"),
+        ("train", "r1_gamma"),
+        ("train", "ma_gp_weight"),
+    ):
         value = config[section][key]
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
             raise ConfigError(f"config.{section}.{key}={value!r}: expected a number >= 0")
+    try:
+        augment.parse_policy(config.train.diffaugment)
+    except ValueError as e:
+        raise ConfigError(f"config.train.diffaugment={config.train.diffaugment!r}: {e}") from None
     if config.train.lambda1 < 0:
         raise ConfigError(f"config.train.lambda1={config.train.lambda1}: expected >= 0")
-    if not isinstance(config.model.discriminator_batchnorm, bool):
-        raise ConfigError(
-            f"config.model.discriminator_batchnorm={config.model.discriminator_batchnorm!r}: "
-            "expected True or False"
-        )
+    for key in ("discriminator_batchnorm", "discriminator_spectral_norm"):
+        if not isinstance(config.model[key], bool):
+            raise ConfigError(f"config.model.{key}={config.model[key]!r}: expected True or False")

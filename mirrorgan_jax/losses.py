@@ -25,6 +25,10 @@ import optax
 
 Array = jax.Array
 BceMode = Literal["official", "stable"]
+# "bce": the official sigmoid cross-entropy; "hinge": the hinge loss of later text-to-image
+# GANs (DF-GAN, Tao et al. CVPR 2022), not in the official code.
+AdversarialKind = Literal["bce", "hinge"]
+ADVERSARIAL_KINDS = ("bce", "hinge")
 
 # PyTorch's BCELoss clamps each log term at -100 (so one sample costs at most 100).
 _LOG_CLAMP = -100.0
@@ -80,6 +84,16 @@ def bce_with_logits(logits: Array, label: float, mode: BceMode = "official") -> 
     return jnp.mean(per)
 
 
+def _discriminator_term(logits: Array, real: bool, kind: AdversarialKind, mode: BceMode) -> Array:
+    """One D term: BCE against label 1 (real) or 0, or the hinge max(0, 1 -+ x). Scalar."""
+    if kind == "bce":
+        return bce_with_logits(logits, 1.0 if real else 0.0, mode)
+    if kind == "hinge":
+        x = jnp.asarray(logits, jnp.float32)
+        return jnp.mean(jax.nn.relu(1.0 - x if real else 1.0 + x))
+    raise ValueError(f"adversarial loss kind must be one of {ADVERSARIAL_KINDS}, got {kind!r}")
+
+
 def discriminator_loss(
     uncond_real: Array,
     cond_real: Array,
@@ -87,9 +101,10 @@ def discriminator_loss(
     cond_fake: Array,
     cond_wrong: Array,
     mode: BceMode = "official",
+    kind: AdversarialKind = "bce",
 ) -> dict[str, Array]:
-    """The official per-stage D loss (`miscc/losses.py discriminator_loss`) and its five BCE
-    terms.
+    """The official per-stage D loss (`miscc/losses.py discriminator_loss`) and its five
+    terms (BCE, or with kind="hinge" the hinge terms in the same combination).
 
     Args:
       uncond_real: [B] unconditional logits on real images.
@@ -101,6 +116,8 @@ def discriminator_loss(
         sentence b+1; class ids are not checked), in train mode, so the head's BN sees B-1
         samples, as in the official code.
       mode: BCE mode, see `bce_with_logits`.
+      kind: "bce" (official) or "hinge" (max(0, 1 - x) on real, max(0, 1 + x) on fake and
+        wrong pairs).
     Returns:
       dict with "real_uncond", "real_cond", "fake_uncond", "fake_cond", "wrong_cond" and
       "loss" = (real_uncond + real_cond) / 2 + (fake_uncond + fake_cond + wrong_cond) / 3.
@@ -111,11 +128,11 @@ def discriminator_loss(
             f", got shape {cond_wrong.shape} (pairs real_features[0:B-1] with sent_emb[1:B])"
         )
     t = {
-        "real_uncond": bce_with_logits(uncond_real, 1.0, mode),
-        "real_cond": bce_with_logits(cond_real, 1.0, mode),
-        "fake_uncond": bce_with_logits(uncond_fake, 0.0, mode),
-        "fake_cond": bce_with_logits(cond_fake, 0.0, mode),
-        "wrong_cond": bce_with_logits(cond_wrong, 0.0, mode),
+        "real_uncond": _discriminator_term(uncond_real, True, kind, mode),
+        "real_cond": _discriminator_term(cond_real, True, kind, mode),
+        "fake_uncond": _discriminator_term(uncond_fake, False, kind, mode),
+        "fake_cond": _discriminator_term(cond_fake, False, kind, mode),
+        "wrong_cond": _discriminator_term(cond_wrong, False, kind, mode),
     }
     t["loss"] = (t["real_uncond"] + t["real_cond"]) / 2.0 + (
         t["fake_uncond"] + t["fake_cond"] + t["wrong_cond"]
@@ -124,12 +141,20 @@ def discriminator_loss(
 
 
 def generator_adversarial_loss(
-    uncond_fake: Array, cond_fake: Array, mode: BceMode = "official"
+    uncond_fake: Array,
+    cond_fake: Array,
+    mode: BceMode = "official",
+    kind: AdversarialKind = "bce",
 ) -> Array:
-    """One stage's G adversarial term: BCE(U(D(fake)), 1) + BCE(C(D(fake), s), 1). Scalar.
+    """One stage's G adversarial term: BCE(U(D(fake)), 1) + BCE(C(D(fake), s), 1), or with
+    kind="hinge" -mean(U(D(fake))) - mean(C(D(fake), s)). Scalar.
 
     uncond_fake, cond_fake: [B] logits of the (not detached) fakes through the updated D.
     """
+    if kind == "hinge":
+        return -jnp.mean(uncond_fake.astype(jnp.float32)) - jnp.mean(cond_fake.astype(jnp.float32))
+    if kind != "bce":
+        raise ValueError(f"adversarial loss kind must be one of {ADVERSARIAL_KINDS}, got {kind!r}")
     return bce_with_logits(uncond_fake, 1.0, mode) + bce_with_logits(cond_fake, 1.0, mode)
 
 

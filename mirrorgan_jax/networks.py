@@ -85,7 +85,11 @@ class Networks:
             ),
             discriminators=tuple(
                 Discriminator(
-                    image_size=s, df_dim=m.df_dim, dtype=dtype, batchnorm=m.discriminator_batchnorm
+                    image_size=s,
+                    df_dim=m.df_dim,
+                    dtype=dtype,
+                    batchnorm=m.discriminator_batchnorm,
+                    spectral_norm=m.discriminator_spectral_norm,
                 )
                 for s in sizes
             ),

@@ -48,6 +48,16 @@ def _conv4x4_s2(features: int, dtype: Dtype | None, name: str) -> nn.Conv:
     )
 
 
+def _apply_conv(conv: nn.Module, x: Array, spectral_norm: bool, train: bool) -> Array:
+    """conv(x), or with spectral_norm (Miyato et al. 2018; not in the official code) the conv
+    with its kernel divided by an estimate of its largest singular value. The estimate is one
+    power iteration per train-mode call; its vector and value live in `batch_stats` under
+    `<conv name>_sn`, and the conv's own params keep their names."""
+    if not spectral_norm:
+        return conv(x)
+    return nn.SpectralNorm(conv, name=f"{conv.name}_sn")(x, update_stats=train)
+
+
 def _maybe_bn(x: Array, batchnorm: bool, dtype: Dtype | None, train: bool) -> Array:
     """TorchBatchNorm named `bn` (official), or the identity for a D without BatchNorm."""
     return TorchBatchNorm(dtype=dtype, name="bn")(x, train) if batchnorm else x
@@ -60,10 +70,12 @@ class DownBlock(nn.Module):
     features: int
     dtype: Dtype | None = None
     batchnorm: bool = True
+    spectral_norm: bool = False
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> Array:
-        x = _conv4x4_s2(self.features, self.dtype, "conv")(x)
+        conv = _conv4x4_s2(self.features, self.dtype, "conv")
+        x = _apply_conv(conv, x, self.spectral_norm, train)
         return leaky_relu(_maybe_bn(x, self.batchnorm, self.dtype, train))
 
 
@@ -74,10 +86,11 @@ class Block3x3LeakyReLU(nn.Module):
     features: int
     dtype: Dtype | None = None
     batchnorm: bool = True
+    spectral_norm: bool = False
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> Array:
-        x = Conv(
+        conv = Conv(
             self.features,
             (3, 3),
             padding=((1, 1), (1, 1)),
@@ -85,7 +98,8 @@ class Block3x3LeakyReLU(nn.Module):
             kernel_init=orthogonal_init,
             dtype=self.dtype,
             name="conv",
-        )(x)
+        )
+        x = _apply_conv(conv, x, self.spectral_norm, train)
         return leaky_relu(_maybe_bn(x, self.batchnorm, self.dtype, train))
 
 
@@ -99,12 +113,16 @@ class ImageEncoder16(nn.Module):
     num_down: int = 4
     dtype: Dtype | None = None
     batchnorm: bool = True
+    spectral_norm: bool = False
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> Array:
-        x = leaky_relu(_conv4x4_s2(self.df_dim, self.dtype, "conv0")(x))
+        conv0 = _conv4x4_s2(self.df_dim, self.dtype, "conv0")
+        x = leaky_relu(_apply_conv(conv0, x, self.spectral_norm, train))
         for i in range(1, self.num_down):
-            x = DownBlock(self.df_dim * 2**i, self.dtype, self.batchnorm, name=f"down{i}")(x, train)
+            x = DownBlock(
+                self.df_dim * 2**i, self.dtype, self.batchnorm, self.spectral_norm, name=f"down{i}"
+            )(x, train)
         return x
 
 
@@ -120,6 +138,7 @@ class LogitsHead(nn.Module):
     conditional: bool
     dtype: Dtype | None = None
     batchnorm: bool = True
+    spectral_norm: bool = False
 
     @nn.compact
     def __call__(self, h: Array, condition: Array | None, train: bool) -> Array:
@@ -130,10 +149,10 @@ class LogitsHead(nn.Module):
                 (b, height, width, condition.shape[-1]),
             )
             h = jnp.concatenate([h, c], axis=-1)  # [B, 4, 4, 8df + nef]
-            h = Block3x3LeakyReLU(8 * self.df_dim, self.dtype, self.batchnorm, name="joint_conv")(
-                h, train
-            )
-        out = Conv(
+            h = Block3x3LeakyReLU(
+                8 * self.df_dim, self.dtype, self.batchnorm, self.spectral_norm, name="joint_conv"
+            )(h, train)
+        conv = Conv(
             1,
             (4, 4),
             strides=(4, 4),
@@ -144,7 +163,8 @@ class LogitsHead(nn.Module):
             bias_init=torch_uniform(1.0 / (8 * self.df_dim * 16) ** 0.5),
             dtype=self.dtype,
             name="outlogits",
-        )(h)  # [B, 1, 1, 1]
+        )
+        out = _apply_conv(conv, h, self.spectral_norm, train)  # [B, 1, 1, 1]
         return out.reshape(-1).astype(jnp.float32)
 
 
@@ -162,32 +182,35 @@ class Discriminator(nn.Module):
       batchnorm: the official BatchNorm after each conv but the first (True), or none (False,
         not in the official code; the parameter tree then has no `bn` entries and no
         batch_stats).
+      spectral_norm: spectral normalisation of every conv (not in the official code; the
+        params keep their names, batch_stats gain the power-iteration state).
     """
 
     image_size: int
     df_dim: int = 64
     dtype: Dtype | None = None
     batchnorm: bool = True
+    spectral_norm: bool = False
 
     def setup(self):
         if self.image_size not in IMAGE_SIZES:
             raise ValueError(
                 f"Discriminator.image_size must be one of {IMAGE_SIZES}, got {self.image_size}"
             )
-        ndf, dt, bn = self.df_dim, self.dtype, self.batchnorm
-        self.img_code_s16 = ImageEncoder16(ndf, 3 if self.image_size == 32 else 4, dt, bn)
+        ndf, dt, bn, sn = self.df_dim, self.dtype, self.batchnorm, self.spectral_norm
+        self.img_code_s16 = ImageEncoder16(ndf, 3 if self.image_size == 32 else 4, dt, bn, sn)
         if self.image_size == 32:
-            self.img_code_s8_1 = Block3x3LeakyReLU(8 * ndf, dt, bn)
+            self.img_code_s8_1 = Block3x3LeakyReLU(8 * ndf, dt, bn, sn)
         if self.image_size >= 128:
-            self.img_code_s32 = DownBlock(16 * ndf, dt, bn)
+            self.img_code_s32 = DownBlock(16 * ndf, dt, bn, sn)
         if self.image_size == 128:
-            self.img_code_s32_1 = Block3x3LeakyReLU(8 * ndf, dt, bn)
+            self.img_code_s32_1 = Block3x3LeakyReLU(8 * ndf, dt, bn, sn)
         if self.image_size == 256:
-            self.img_code_s64 = DownBlock(32 * ndf, dt, bn)
-            self.img_code_s64_1 = Block3x3LeakyReLU(16 * ndf, dt, bn)
-            self.img_code_s64_2 = Block3x3LeakyReLU(8 * ndf, dt, bn)
-        self.uncond = LogitsHead(ndf, conditional=False, dtype=dt, batchnorm=bn)
-        self.cond = LogitsHead(ndf, conditional=True, dtype=dt, batchnorm=bn)
+            self.img_code_s64 = DownBlock(32 * ndf, dt, bn, sn)
+            self.img_code_s64_1 = Block3x3LeakyReLU(16 * ndf, dt, bn, sn)
+            self.img_code_s64_2 = Block3x3LeakyReLU(8 * ndf, dt, bn, sn)
+        self.uncond = LogitsHead(ndf, conditional=False, dtype=dt, batchnorm=bn, spectral_norm=sn)
+        self.cond = LogitsHead(ndf, conditional=True, dtype=dt, batchnorm=bn, spectral_norm=sn)
 
     def __call__(self, images: Array, train: bool) -> Array:
         """images [B, S, S, 3] in [-1, 1] -> features [B, 4, 4, 8*df]."""

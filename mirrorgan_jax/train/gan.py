@@ -24,7 +24,11 @@ from mirrorgan_jax import losses
 from mirrorgan_jax.models.discriminators import Discriminator
 from mirrorgan_jax.networks import Networks
 from mirrorgan_jax.parallel import jit_or_shapes
+from mirrorgan_jax.train import augment
 from mirrorgan_jax.train.state import GanState, GeneratorState, TrainState
+
+# Exponent of the matching-aware gradient penalty (DF-GAN: Tao et al., CVPR 2022).
+MA_GP_POWER = 6.0
 
 
 @flax.struct.dataclass
@@ -46,6 +50,20 @@ class GanHyper:
     lambda1: float = 10.0
     ema_warmup: bool = False
     r1_gamma: float = 0.0  # not official: R1 penalty on the real logits' input gradient
+    # Not official either (later text-to-image GANs): the adversarial loss ("bce" official,
+    # "hinge"), the weight of the matching-aware gradient penalty on real image-text pairs,
+    # and the DiffAugment policy of the Ds' inputs (see train/augment.py; "" = none).
+    adversarial_loss: str = "bce"
+    ma_gp_weight: float = 0.0
+    diffaugment: str = ""
+
+    def __post_init__(self):
+        if self.adversarial_loss not in losses.ADVERSARIAL_KINDS:
+            raise ValueError(
+                f"adversarial_loss={self.adversarial_loss!r}: expected one of "
+                f"{losses.ADVERSARIAL_KINDS}"
+            )
+        augment.parse_policy(self.diffaugment)
 
     def g_tx(self) -> optax.GradientTransformation:
         return optax.adam(self.lr_g, b1=self.beta1, b2=self.beta2)
@@ -123,11 +141,35 @@ def r1_penalty(d: Discriminator, params, stats, real, sent):
     return 0.5 * jnp.mean(jnp.sum(jnp.square(grad), axis=(1, 2, 3)))
 
 
-def discriminator_loss_fn(d: Discriminator, params, stats, real, fake, sent, r1_gamma=0.0):
+def matching_aware_penalty(d: Discriminator, params, stats, real, sent):
+    """Matching-aware gradient penalty (DF-GAN; not in the official code): the batch mean of
+    ||(d cond logit / d image, d cond logit / d sentence)||^MA_GP_POWER on real image-text
+    pairs, through a train-mode D (its BN statistics updates are dropped). It flattens the
+    D's conditional output around the real, matching pairs. Scalar."""
+
+    def cond_sum(x, s):
+        f, st = _d_apply(d, params, stats, Discriminator.__call__, x)
+        cond, _ = _d_apply(d, params, st, Discriminator.cond_logits, f, s)
+        return jnp.sum(cond)
+
+    g_image, g_sent = jax.grad(cond_sum, argnums=(0, 1))(real, sent)  # [B, H, W, 3], [B, nef]
+    sq = jnp.sum(jnp.square(g_image), axis=(1, 2, 3)) + jnp.sum(jnp.square(g_sent), axis=1)
+    return jnp.mean(sq ** (MA_GP_POWER / 2.0))
+
+
+def discriminator_loss_fn(
+    d: Discriminator, params, stats, real, fake, sent, hyper: GanHyper | None = None
+):
     """Official discriminator_loss: separate train-mode forwards for real and fake; the
-    'wrong' pair is the cond head on real features[0:B-1] with sent[1:B]. With
-    `r1_gamma` > 0, plus r1_gamma x `r1_penalty` (an option, not the official loss)."""
-    r1 = r1_penalty(d, params, stats, real, sent) if r1_gamma else jnp.zeros((), jnp.float32)
+    'wrong' pair is the cond head on real features[0:B-1] with sent[1:B]. The options of
+    `hyper` that are not official: hinge terms instead of BCE, plus r1_gamma x `r1_penalty`
+    and ma_gp_weight x `matching_aware_penalty`. Returns (loss, (stats, penalties))."""
+    hyper = hyper or GanHyper()
+    penalties = {}
+    if hyper.r1_gamma:
+        penalties["r1"] = r1_penalty(d, params, stats, real, sent)
+    if hyper.ma_gp_weight:
+        penalties["ma_gp"] = matching_aware_penalty(d, params, stats, real, sent)
     f_real, stats = _d_apply(d, params, stats, Discriminator.__call__, real)
     f_fake, stats = _d_apply(d, params, stats, Discriminator.__call__, fake)
     cond_real, stats = _d_apply(d, params, stats, Discriminator.cond_logits, f_real, sent)
@@ -135,17 +177,23 @@ def discriminator_loss_fn(d: Discriminator, params, stats, real, fake, sent, r1_
     cond_wrong, stats = _d_apply(d, params, stats, Discriminator.cond_logits, f_real[:-1], sent[1:])
     uncond_real, stats = _d_apply(d, params, stats, Discriminator.uncond_logits, f_real)
     uncond_fake, stats = _d_apply(d, params, stats, Discriminator.uncond_logits, f_fake)
-    terms = losses.discriminator_loss(uncond_real, cond_real, uncond_fake, cond_fake, cond_wrong)
+    terms = losses.discriminator_loss(
+        uncond_real, cond_real, uncond_fake, cond_fake, cond_wrong, kind=hyper.adversarial_loss
+    )
     loss = terms["loss"]
-    return loss + r1_gamma * r1, (stats, r1)
+    if "r1" in penalties:
+        loss = loss + hyper.r1_gamma * penalties["r1"]
+    if "ma_gp" in penalties:
+        loss = loss + hyper.ma_gp_weight * penalties["ma_gp"]
+    return loss, (stats, penalties)
 
 
-def generator_adversarial(d: Discriminator, params, stats, fake, sent):
-    """BCE(U(D(fake)),1) + BCE(C(D(fake), s),1) through a train-mode D."""
+def generator_adversarial(d: Discriminator, params, stats, fake, sent, kind: str = "bce"):
+    """BCE(U(D(fake)),1) + BCE(C(D(fake), s),1) (or the hinge form) through a train-mode D."""
     f_fake, stats = _d_apply(d, params, stats, Discriminator.__call__, fake)
     uncond, stats = _d_apply(d, params, stats, Discriminator.uncond_logits, f_fake)
     cond, stats = _d_apply(d, params, stats, Discriminator.cond_logits, f_fake, sent)
-    return losses.generator_adversarial_loss(uncond, cond), stats
+    return losses.generator_adversarial_loss(uncond, cond, kind=kind), stats
 
 
 def stream_cross_entropy(nets: Networks, frozen: Frozen, image, tokens, lengths):
@@ -198,14 +246,25 @@ def train_step(
 
     (fakes, mu, logvar), g_pullback, g_stats = jax.vjp(g_forward, generator.params, has_aux=True)
 
+    policy = augment.parse_policy(hyper.diffaugment)
+    # Keys of the augmentations: derived from rng only when a policy is set, so that without
+    # one the step draws exactly what it always drew.
+    k_aug = jax.random.fold_in(rng, 1) if policy else None
+
+    def d_input(x, stage, role):  # the image a D sees (role 0: real, 1: fake in D, 2: fake in G)
+        if not policy:
+            return x
+        return augment.augment(x, jax.random.fold_in(k_aug, 3 * stage + role), policy)
+
     metrics = {}
     updated = []  # the discriminators after their update, before the G loss goes through them
     for i, d in enumerate(nets.discriminators):
-        fake_i = jax.lax.stop_gradient(fakes[i])
+        fake_i = d_input(jax.lax.stop_gradient(fakes[i]), i, 1)
+        real_i = d_input(reals[i], i, 0)
         d_state = state.discriminators[i]
-        (loss_d, (stats, r1)), grads = jax.value_and_grad(
-            lambda p, d=d, d_state=d_state, real=reals[i], fake_i=fake_i: discriminator_loss_fn(
-                d, p, d_state.batch_stats, real, fake_i, sent, hyper.r1_gamma
+        (loss_d, (stats, penalties)), grads = jax.value_and_grad(
+            lambda p, d=d, d_state=d_state, real=real_i, fake_i=fake_i: discriminator_loss_fn(
+                d, p, d_state.batch_stats, real, fake_i, sent, hyper
             ),
             has_aux=True,
         )(d_state.params)
@@ -213,15 +272,19 @@ def train_step(
         size = nets.image_sizes[i]
         metrics[f"d{size}/loss"] = loss_d
         metrics[f"d{size}/grad_norm"] = optax.tree.norm(grads)
-        if hyper.r1_gamma:
-            metrics[f"d{size}/r1"] = r1
+        metrics.update({f"d{size}/{k}": v for k, v in penalties.items()})
 
     def g_loss_fn(fakes, mu, logvar):
         total = 0.0
         terms, stats_out = {}, []
         for i, d in enumerate(nets.discriminators):
             adv, stats = generator_adversarial(
-                d, updated[i].params, updated[i].batch_stats, fakes[i], sent
+                d,
+                updated[i].params,
+                updated[i].batch_stats,
+                d_input(fakes[i], i, 2),
+                sent,
+                hyper.adversarial_loss,
             )
             terms[f"g/adv{nets.image_sizes[i]}"] = adv
             stats_out.append(stats)

@@ -142,3 +142,48 @@ def test_parameter_count(config_module, expected):
     heads = 8 * m.df_dim * 16 + 1 + (8 * m.df_dim + m.text_embedding_dim) * 8 * m.df_dim * 9
     heads += 2 * 8 * m.df_dim + 8 * m.df_dim * 16 + 1
     assert count_params(trunk["params"]) == expected[64] - heads
+
+
+def test_spectral_norm_keeps_params_and_normalises_kernels():
+    """With spectral_norm the params are the plain D's (same names and shapes); batch_stats
+    hold one power-iteration state per conv; the estimate converges to each kernel's largest
+    singular value, so the D's output no longer depends on the scale of its kernels."""
+    m = shapes.get_config("test").model
+    plain = Discriminator(32, m.df_dim, batchnorm=False)
+    sn = Discriminator(32, m.df_dim, batchnorm=False, spectral_norm=True)
+    init = lambda d: init_discriminator(d, jax.random.key(0), m.text_embedding_dim)  # noqa: E731
+    v_plain, v_sn = init(plain), init(sn)
+    assert "batch_stats" not in v_plain
+    shapes_of = lambda t: jax.tree.map(lambda x: x.shape, t)  # noqa: E731
+    assert shapes_of(v_sn["params"]) == shapes_of(v_plain["params"])
+    kernels = [p for p, _ in jax.tree_util.tree_flatten_with_path(v_plain["params"])[0]
+               if p[-1].key == "kernel"]  # fmt: skip
+    sigmas = [p for p, _ in jax.tree_util.tree_flatten_with_path(v_sn["batch_stats"])[0]
+              if p[-1].key.endswith("/sigma")]  # fmt: skip
+    assert len(sigmas) == len(kernels) == 7  # the trunk's four, joint_conv, two outlogits
+    images = np.random.default_rng(0).uniform(-1, 1, (B, 32, 32, 3)).astype(np.float32)
+
+    def converged(params):
+        stats = v_sn["batch_stats"]
+        for _ in range(30):  # power iteration on these small kernels
+            _, upd = sn.apply(
+                {"params": params, "batch_stats": stats}, images, train=True,
+                mutable=["batch_stats"],
+            )  # fmt: skip
+            stats = upd["batch_stats"]
+        return stats
+
+    # Scaled kernels (the official orthogonal init has all singular values 1).
+    scaled = jax.tree.map(lambda x: 3.0 * x, v_sn["params"])
+    stats = converged(scaled)
+    kernel = np.asarray(scaled["img_code_s16"]["conv0"]["kernel"])
+    sigma = float(stats["img_code_s16"]["conv0_sn"]["conv0/kernel/sigma"])
+    top = np.linalg.svd(kernel.reshape(-1, kernel.shape[-1]), compute_uv=False)[0]
+    np.testing.assert_allclose(sigma, top, rtol=1e-3)
+    out_sn = sn.apply({"params": scaled, "batch_stats": stats}, images, train=False)
+    out_sn1 = sn.apply(
+        {"params": v_sn["params"], "batch_stats": converged(v_sn["params"])}, images, train=False
+    )
+    np.testing.assert_allclose(out_sn, out_sn1, rtol=1e-3, atol=1e-5)
+    out_plain = plain.apply({"params": scaled}, images, train=False)
+    assert not np.allclose(out_plain, out_sn, rtol=1e-2)

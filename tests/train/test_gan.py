@@ -8,6 +8,7 @@ import pytest
 
 from configs import shapes
 from mirrorgan_jax import hyperparameters, parallel
+from mirrorgan_jax.models.discriminators import Discriminator, init_discriminator
 from mirrorgan_jax.networks import Networks
 from mirrorgan_jax.train import gan
 
@@ -180,27 +181,89 @@ def test_sort_by_caption_length_is_stable_and_longest_first():
     np.testing.assert_array_equal(out["images"][0][:, 0], [3, 1, 0, 2])
 
 
-def test_r1_penalty_option(setup):
-    """r1_gamma = 0 is the official D loss; r1_gamma > 0 adds gamma x R1 (> 0), and the D
-    update can differentiate R1 (reverse over reverse, also through the CPU convolutions'
-    custom weight gradient)."""
+def test_gradient_penalty_options(setup):
+    """r1_gamma = ma_gp_weight = 0 is the official D loss; each > 0 adds its weight x its
+    penalty (> 0), and the D update can differentiate both (reverse over reverse, also through
+    the CPU convolutions' custom weight gradient)."""
     _, nets, _, state, frozen = setup
     d, d_state = nets.discriminators[0], state.discriminators[0]
     params, stats = d_state.params, d_state.batch_stats
     batch = _batch(nets)
     real, fake = jnp.asarray(batch["images"][0]), jnp.asarray(batch["images"][0][::-1])
     _, sent = gan.encode_text(nets, frozen, batch["tokens"], batch["lengths"])
+    both = gan.GanHyper(r1_gamma=2.0, ma_gp_weight=3.0)
 
     @jax.jit
     def losses_and_grads(params):
-        base, (_, r1_off) = gan.discriminator_loss_fn(d, params, stats, real, fake, sent)
-        (with_r1, (_, r1)), grads = jax.value_and_grad(
-            lambda p: gan.discriminator_loss_fn(d, p, stats, real, fake, sent, 2.0),
+        base, (_, off) = gan.discriminator_loss_fn(d, params, stats, real, fake, sent)
+        (with_both, (_, penalties)), grads = jax.value_and_grad(
+            lambda p: gan.discriminator_loss_fn(d, p, stats, real, fake, sent, both),
             has_aux=True,
         )(params)
-        return base, r1_off, with_r1, r1, optax.tree.norm(grads)
+        return base, off, with_both, penalties, optax.tree.norm(grads)
 
-    base, r1_off, with_r1, r1, grad_norm = losses_and_grads(params)
-    assert float(r1_off) == 0.0 and float(r1) > 0.0
-    np.testing.assert_allclose(with_r1, base + 2.0 * r1, rtol=1e-6)
+    base, off, with_both, penalties, grad_norm = losses_and_grads(params)
+    assert off == {} and float(penalties["r1"]) > 0.0 and float(penalties["ma_gp"]) > 0.0
+    np.testing.assert_allclose(
+        with_both, base + 2.0 * penalties["r1"] + 3.0 * penalties["ma_gp"], rtol=1e-6
+    )
     assert np.isfinite(float(grad_norm)) and float(grad_norm) > 0.0
+
+
+def test_matching_aware_penalty_is_the_gradient_norm_to_the_sixth(setup):
+    """The penalty is mean_b ||(dC/dx_b, dC/ds_b)||^6 with C the conditional logit: checked
+    against jax.jacrev of the logits of each sample (the batch does not mix in a BN-less D)."""
+    _, nets, _, _, frozen = setup
+    d = Discriminator(nets.image_sizes[0], df_dim=4, batchnorm=False)
+    batch = _batch(nets)
+    real = jnp.asarray(batch["images"][0])
+    _, sent = gan.encode_text(nets, frozen, batch["tokens"], batch["lengths"])
+    sent_dim = sent.shape[-1]
+    params = init_discriminator(d, jax.random.key(4), sent_dim)["params"]
+    stats = {}
+
+    def cond(x, s):
+        f, st = gan._d_apply(d, params, stats, gan.Discriminator.__call__, x)
+        return gan._d_apply(d, params, st, gan.Discriminator.cond_logits, f, s)[0]  # [B]
+
+    gx, gs = jax.jacrev(cond, argnums=(0, 1))(real, sent)  # [B, B, ...]
+    b = real.shape[0]
+    own = [jnp.concatenate([gx[i, i].ravel(), gs[i, i].ravel()]) for i in range(b)]
+    expected = np.mean([float(jnp.sum(g**2)) ** 3 for g in own])
+    got = gan.matching_aware_penalty(d, params, stats, real, sent)
+    np.testing.assert_allclose(float(got), expected, rtol=1e-4)
+
+
+def test_train_step_with_every_non_official_option(setup):
+    """Hinge loss, both gradient penalties, DiffAugment and spectrally normalised BN-less Ds in
+    one step: finite losses, the penalties reported per D, the power-iteration state updated."""
+    config, _, _, _, frozen = setup
+    config = config.copy_and_resolve_references()
+    config.model.discriminator_batchnorm = False
+    config.model.discriminator_spectral_norm = True
+    config.train.update(
+        adversarial_loss="hinge",
+        ma_gp_weight=2.0,
+        r1_gamma=0.5,
+        diffaugment="translation,cutout,color",
+    )
+    nets = Networks.from_config(config, n_words=N_WORDS)
+    hyper = hyperparameters.gan(config)
+    state = gan.init_gan_state(nets, hyper, jax.random.key(0))
+    step = jax.jit(lambda s, b, r: gan.train_step(s, b, r, frozen, nets=nets, hyper=hyper))
+    new_state, metrics = step(state, _batch(nets), jax.random.key(5))
+    for k, v in metrics.items():
+        assert np.isfinite(float(v)), k
+    for size in nets.image_sizes:
+        assert float(metrics[f"d{size}/ma_gp"]) > 0 and float(metrics[f"d{size}/r1"]) > 0
+    before = jax.tree.leaves(state.discriminators[0].batch_stats)
+    after = jax.tree.leaves(new_state.discriminators[0].batch_stats)
+    assert len(before) == len(after) > 0
+    assert any(not np.allclose(a, b) for a, b in zip(before, after, strict=True))
+
+
+def test_unknown_options_are_refused():
+    with pytest.raises(ValueError, match="adversarial_loss='wgan'"):
+        gan.GanHyper(adversarial_loss="wgan")
+    with pytest.raises(ValueError, match="unknown augmentation 'flip'"):
+        gan.GanHyper(diffaugment="translation,flip")
