@@ -23,7 +23,7 @@ from clu import parameter_overview
 from mirrorgan_jax import hyperparameters, loop, networks, parallel, safe_load, sample, visualize
 from mirrorgan_jax import workdir as wd
 from mirrorgan_jax.data import input_pipeline, prepare, shapes
-from mirrorgan_jax.evaluation import evaluate
+from mirrorgan_jax.evaluation import evaluate, text_probe
 from mirrorgan_jax.torch_import import import_all
 from mirrorgan_jax.torch_import import stream as stream_import
 from mirrorgan_jax.train import backbone, damsm, gan, stream
@@ -219,12 +219,13 @@ def _pretrain_backbone(config, workdir: str, stage: str, variables: dict, featur
     `train.backbone.pretrain` on `train` renders at the last stage's size; the report goes to
     W/<stage>/backbone_pretrain.json."""
     bp, seed = config.backbone_pretrain, config.data.shapes.seed
+    geometry = config.data.shapes.geometry
     size = networks.image_sizes(config)[-1]
     variables, report = backbone.pretrain(
         features,
         variables,
-        shapes.render_dataset("train", bp.num_images, seed, size),
-        shapes.render_dataset("test", bp.num_test_images, seed, size),
+        shapes.render_dataset("train", bp.num_images, seed, size, geometry=geometry),
+        shapes.render_dataset("test", bp.num_test_images, seed, size, geometry=geometry),
         steps=bp.steps,
         batch_size=bp.batch_size,
         lr=bp.lr,
@@ -254,7 +255,11 @@ def run_damsm(config, workdir: str):
         return state.replace(params=params, batch_stats=variables["batch_stats"])
 
     def evaluate_fn(nets, state, batches):
-        return damsm.retrieval_accuracy(nets, state.params, state.batch_stats, batches)
+        report = damsm.retrieval_accuracy(nets, state.params, state.batch_stats, batches)
+        if config.data.name == "shapes":
+            report["sentence_probe"] = _sentence_probe(config, workdir, nets, state.params["text"])
+            logging.info("DAMSM sentence-embedding probe (test): %s", report["sentence_probe"])
+        return report
 
     hyper = hyperparameters.damsm(config)
     return _pretrain(
@@ -268,6 +273,26 @@ def run_damsm(config, workdir: str):
         prepare_state,
         evaluate_fn,
     )
+
+
+# Train captions the sentence probe is fitted on (the first examples' captions, all of each).
+PROBE_TRAIN_CAPTIONS = 20000
+
+
+def _sentence_probe(config, workdir: str, nets, text_params) -> dict[str, float]:
+    """`text_probe.linear_probe` of the STEM sentence embedding: fitted on `train` captions,
+    scored on every `test` caption."""
+    tok = wd.load_tokenizer(config, workdir)
+    data_dir, words = wd.data_dir(config, workdir), config.data.words_num
+
+    def embed(split):
+        captions = input_pipeline.load_captions(data_dir, "shapes", split, per_image=None)
+        captions = captions[:PROBE_TRAIN_CAPTIONS] if split == "train" else captions
+        tokens, lengths = tok.encode_batch(captions, words, None, long_caption="truncate")
+        embeddings = damsm.sentence_embeddings(nets, text_params, tokens, lengths)
+        return embeddings, text_probe.caption_attributes(captions)
+
+    return text_probe.linear_probe(*embed("train"), *embed("test"))
 
 
 def run_stream(config, workdir: str):

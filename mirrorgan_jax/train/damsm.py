@@ -15,6 +15,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from mirrorgan_jax import losses
@@ -156,6 +157,25 @@ def retrieval_accuracy(nets: Networks, params, batch_stats, batches) -> dict:
         "text_to_image_top1": t2i / max(n, 1),
         "batches": n,
     }
+
+
+def sentence_embeddings(nets: Networks, text_params, tokens, lengths, batch_size: int = 500):
+    """float32 [N, nef]: the eval-mode STEM sentence embedding of tokenised captions
+    (tokens int [N, T], lengths int [N]), in batches of one compiled shape."""
+    encode = jax.jit(
+        lambda t, n: nets.text_encoder.apply({"params": text_params}, t, n, train=False)[1]
+    )
+    tokens, lengths = np.asarray(tokens), np.asarray(lengths)
+    out = []
+    for i in range(0, len(tokens), batch_size):
+        t, n = tokens[i : i + batch_size], lengths[i : i + batch_size]
+        pad = batch_size - len(t)
+        if pad:  # one compiled shape: pad with one-token captions, dropped below
+            t = np.concatenate([t, np.zeros((pad, t.shape[1]), t.dtype)])
+            t[-pad:, 0] = 1
+            n = np.concatenate([n, np.ones(pad, n.dtype)])
+        out.append(np.asarray(encode(t, n), np.float32)[: batch_size - pad])
+    return np.concatenate(out)
 
 
 def _cosine_matrix(a, b):
