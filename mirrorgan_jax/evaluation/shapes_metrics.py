@@ -11,7 +11,10 @@ a two-object caption may be given:
                 objects' order checked through the colour/shape/size fields);
   layout        position (one object) or relation (two objects) right, over all images;
   all_correct   every defined field right (the whole caption is depicted);
-  field/<name>  accuracy of each field over the rows where it is defined.
+  field/<name>  accuracy of each field over the rows where it is defined;
+  shape/<group> fraction of target objects drawn with their shape, over the objects of one
+                size (`small`, `large`) or of scenes with one or two objects (`one_object`,
+                `two_objects`): crowding and size are what make a shape hard to draw.
 `domain_fid` is an FID in the feature space of the attribute classifier
 (`evaluation.shapes_classifier`), which predicts the attributes of generated images.
 """
@@ -23,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from mirrorgan_jax.data.schema import ATTRIBUTE_FIELDS
-from mirrorgan_jax.data.shapes import canonical_attributes, check_attributes
+from mirrorgan_jax.data.shapes import SIZES, canonical_attributes, check_attributes
 from mirrorgan_jax.evaluation.fid import fid_from_activations
 
 _F = {name: i for i, name in enumerate(ATTRIBUTE_FIELDS)}
@@ -65,7 +68,23 @@ def attribute_accuracy(predictions: Any, targets: Any) -> dict[str, float]:
     out["all_correct"] = frac(np.all(ok, axis=1))
     for f, k in _F.items():
         out[f"field/{f}"] = frac((pred[:, k] == tgt[:, k])[defined[:, k]])
+    out.update(_shape_by_object(pred, tgt))
     return out
+
+
+def _shape_by_object(pred: np.ndarray, tgt: np.ndarray) -> dict[str, float]:
+    """Shape accuracy over the target objects (each object of a pair counted), split by the
+    object's size and by its scene's object count."""
+    right, size, count = [], [], []
+    for k in (0, 1):
+        defined = tgt[:, _F[f"shape{k}"]] >= 0  # [N]
+        right.append((pred[:, _F[f"shape{k}"]] == tgt[:, _F[f"shape{k}"]])[defined])
+        size.append(tgt[defined, _F[f"size{k}"]])
+        count.append(tgt[defined, _F["num_objects"]])
+    right, size, count = (np.concatenate(a) for a in (right, size, count))  # [objects]
+    groups = {f"shape/{name}": size == i for i, name in enumerate(SIZES)}
+    groups.update({"shape/one_object": count == 1, "shape/two_objects": count == 2})
+    return {k: float(np.mean(right[m])) if m.any() else float("nan") for k, m in groups.items()}
 
 
 def domain_fid(real_features: Any, fake_features: Any) -> float:

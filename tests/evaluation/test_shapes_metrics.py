@@ -44,6 +44,9 @@ def test_attribute_accuracy_exact():
     assert m["field/colour1"] == pytest.approx(5 / 5)
     assert m["field/shape1"] == pytest.approx(4 / 5)
     assert m["field/position0"] == pytest.approx(2 / 3)
+    # Per object: 13 target objects, 7 small (all right) and 6 large (row 5's object 1 wrong).
+    assert m["shape/small"] == 1.0 and m["shape/large"] == pytest.approx(5 / 6)
+    assert m["shape/one_object"] == 1.0 and m["shape/two_objects"] == pytest.approx(9 / 10)
     only_singles = sm.attribute_accuracy(preds[:3], targets[:3])
     assert np.isnan(only_singles["relation"]) and np.isnan(only_singles["field/colour1"])
 
