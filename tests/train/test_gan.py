@@ -74,7 +74,8 @@ def test_losses_finite_and_step_counts(one_step):
 
 def test_generator_loss_uses_updated_discriminators(setup, one_step):
     """Official order: every D is updated before the G loss is computed through it."""
-    _, nets, _, state, frozen = setup
+    _, nets, hyper, state, frozen = setup
+    kind = hyper.adversarial_loss
     _, batch, new_state, metrics = one_step
 
     @jax.jit  # one program: run eagerly, these networks took ~20 s on CPU
@@ -96,10 +97,10 @@ def test_generator_loss_uses_updated_discriminators(setup, one_step):
         for i, d in enumerate(nets.discriminators):
             before, after = state.discriminators[i], new_state.discriminators[i]
             updated, _ = gan.generator_adversarial(
-                d, after.params, before.batch_stats, out.images[i], sent
+                d, after.params, before.batch_stats, out.images[i], sent, kind
             )
             old, _ = gan.generator_adversarial(
-                d, before.params, before.batch_stats, out.images[i], sent
+                d, before.params, before.batch_stats, out.images[i], sent, kind
             )
             pairs.append((updated, old))
         return pairs
@@ -166,7 +167,20 @@ def test_bfloat16_step_is_finite_and_close(setup, one_step):
         assert leaf.dtype == jnp.float32
     for k in ("g/loss", "g/stream_ce") + tuple(f"d{s}/loss" for s in nets16.image_sizes):
         assert np.isfinite(float(metrics[k])), k
-        np.testing.assert_allclose(float(metrics[k]), float(ref_metrics[k]), rtol=0.05, err_msg=k)
+
+    def adversarial(m, k):
+        # The matching-aware penalty is a gradient norm to the 6th power: it multiplies bf16's
+        # relative error by 6, so the loss is compared without it and the penalty more loosely.
+        if k.startswith("d") and f"{k[:-5]}/ma_gp" in m:
+            return float(m[k]) - hyper.ma_gp_weight * float(m[f"{k[:-5]}/ma_gp"])
+        return float(m[k])
+
+    for k in ("g/loss", "g/stream_ce") + tuple(f"d{s}/loss" for s in nets16.image_sizes):
+        np.testing.assert_allclose(
+            adversarial(metrics, k), adversarial(ref_metrics, k), rtol=0.05, err_msg=k
+        )
+    for k in (k for k in ref_metrics if k.endswith("/ma_gp")):
+        np.testing.assert_allclose(float(metrics[k]), float(ref_metrics[k]), rtol=0.3, err_msg=k)
 
 
 def test_sort_by_caption_length_is_stable_and_longest_first():
