@@ -215,18 +215,48 @@ def sort_by_caption_length(batch: dict) -> dict:
     return jax.tree.map(lambda x: jnp.take(x, order, axis=0), batch)
 
 
+def _noise(batch: dict, nets: Networks, k_z) -> tuple[jax.Array, jax.Array | None]:
+    """(z, ca_eps) of one step: `batch["noise"]` when given, else z drawn from `k_z` and
+    ca_eps None (the generator's CA draws it from the 'noise' rng)."""
+    b = batch["tokens"].shape[0]
+    if "noise" not in batch:
+        return jax.random.normal(k_z, (b, nets.z_dim), jnp.float32), None
+    noise = batch["noise"]
+    condition_dim = nets.generator.condition_dim
+    expected = {"z": (b, nets.z_dim), "ca_eps": (b, condition_dim)}
+    if not isinstance(noise, dict) or set(noise) != set(expected):
+        got = sorted(noise) if isinstance(noise, dict) else type(noise).__name__
+        raise ValueError(f"batch['noise'] must be a dict with keys ['ca_eps', 'z']; got {got}")
+    for key, shape in expected.items():
+        if tuple(noise[key].shape) != shape:
+            raise ValueError(
+                f"batch['noise'][{key!r}] must have shape {shape} (batch size, "
+                f"{'model.z_dim' if key == 'z' else 'model.condition_dim'}); got "
+                f"{tuple(noise[key].shape)}"
+            )
+    return (
+        jnp.asarray(noise["z"], jnp.float32),
+        jnp.asarray(noise["ca_eps"], jnp.float32),
+    )
+
+
 def train_step(
     state: GanState, batch: dict, rng: jax.Array, frozen: Frozen, *, nets: Networks, hyper: GanHyper
 ) -> tuple[GanState, dict]:
-    """One MirrorGAN iteration (pure; jit with `nets`/`hyper` bound)."""
+    """One MirrorGAN iteration (pure; jit with `nets`/`hyper` bound).
+
+    The noise z and the CA epsilon are drawn from `rng`, unless the batch carries
+    `batch["noise"] = {"z": [B, z_dim], "ca_eps": [B, condition_dim]}`: then those are used as
+    given (ca_eps is not scaled by model.ca_noise_scale) and `rng` draws nothing. Their rows
+    belong to the batch rows and are sorted with them. This lets a caller replay another
+    implementation's draws (the parity tests replay the official code's)."""
     batch = sort_by_caption_length(batch)
     tokens, lengths = batch["tokens"], batch["lengths"]
     reals = batch["images"]
-    b = tokens.shape[0]
     words, sent = encode_text(nets, frozen, tokens, lengths)
     pad_mask = tokens == 0  # [B, T] True at pads, as (captions == 0)
     k_z, k_eps = jax.random.split(rng)
-    z = jax.random.normal(k_z, (b, nets.z_dim), jnp.float32)
+    z, ca_eps = _noise(batch, nets, k_z)  # [B, z_dim], [B, condition_dim] or None
 
     generator = state.generator
 
@@ -238,6 +268,7 @@ def train_step(
             words,
             pad_mask,
             train=True,
+            eps=ca_eps,
             rngs={"noise": k_eps},
             mutable=["batch_stats"],
         )

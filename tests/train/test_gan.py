@@ -281,3 +281,22 @@ def test_unknown_options_are_refused():
         gan.GanHyper(adversarial_loss="wgan")
     with pytest.raises(ValueError, match="unknown augmentation 'flip'"):
         gan.GanHyper(diffaugment="translation,flip")
+
+
+def test_supplied_noise_must_match_the_batch(setup):
+    """batch['noise'] replaces the z / CA-eps draws; a wrong key or shape is named (at trace)."""
+    _, nets, hyper, state, frozen = setup
+    batch = _batch(nets)
+    cdim = nets.generator.condition_dim
+    good = {"z": np.zeros((BATCH, nets.z_dim), np.float32), "ca_eps": np.zeros((BATCH, cdim))}
+
+    def trace(noise):
+        step = lambda s, b, r: train_gan.train_step(s, b, r, frozen, nets=nets, hyper=hyper)
+        return jax.eval_shape(step, state, {**batch, "noise": noise}, jax.random.key(0))
+
+    with pytest.raises(ValueError, match=r"keys \['ca_eps', 'z'\]; got \['z'\]"):
+        trace({"z": good["z"]})
+    with pytest.raises(ValueError, match=rf"\['z'\] must have shape \({BATCH}, {nets.z_dim}\)"):
+        trace({**good, "z": np.zeros((BATCH, nets.z_dim + 1), np.float32)})
+    new_state, _ = trace(good)
+    assert jax.tree.structure(new_state) == jax.tree.structure(state)
