@@ -291,7 +291,7 @@ def test_supplied_noise_must_match_the_batch(setup):
     good = {"z": np.zeros((BATCH, nets.z_dim), np.float32), "ca_eps": np.zeros((BATCH, cdim))}
 
     def trace(noise):
-        step = lambda s, b, r: train_gan.train_step(s, b, r, frozen, nets=nets, hyper=hyper)
+        step = lambda s, b, r: gan.train_step(s, b, r, frozen, nets=nets, hyper=hyper)
         return jax.eval_shape(step, state, {**batch, "noise": noise}, jax.random.key(0))
 
     with pytest.raises(ValueError, match=r"keys \['ca_eps', 'z'\]; got \['z'\]"):
