@@ -20,7 +20,7 @@ _SLOW_MODULES = (
     "test_shapes_sweep.py",
     "test_import_all.py",
     "test_evaluate.py",
-    "test_parity_train_gan.py",
+    "test_parity_gan_step.py",
 )
 
 

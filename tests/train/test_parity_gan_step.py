@@ -3,7 +3,7 @@
 The fixture set (`$MIRRORGAN_PARITY_DIR`, default tests/testdata/parity) holds two iterations of the
 official `Trainer.train()` loop (qiaott/MirrorGAN: trainer.py), started from the weights of
 `generator.npz`, `d<size>.npz`, `text_encoder.npz` and `stream.npz`, with z and the CA epsilon of
-each iteration supplied. This module runs this port's `train_gan.train_step` (compiled once, through
+each iteration supplied. This module runs this port's `train.gan.train_step` (compiled once, through
 `make_train_step`) from the same weights, batch and noise, at the official settings (official
 word-mask order, channel softmax, BatchNorm discriminators, CA noise scale 1, official BCE, no EMA
 warm-up, the manifest's lambda1, learning rates and Adam betas), and compares:
@@ -44,14 +44,17 @@ import optax
 import pytest
 
 from configs import cub
-from mirrorgan_jax import losses, train_gan
+from mirrorgan_jax import hyperparameters, losses
 from mirrorgan_jax.models.captioner import CaptionCNN, CaptionRNN
 from mirrorgan_jax.models.discriminators import Discriminator
 from mirrorgan_jax.models.generator import Generator
 from mirrorgan_jax.models.text_encoder import TextEncoder
 from mirrorgan_jax.networks import Networks
-from mirrorgan_jax.torch_import import gan, stream
+from mirrorgan_jax.torch_import import gan as gan_import
+from mirrorgan_jax.torch_import import stream as stream_import
 from mirrorgan_jax.torch_import.common import check_against
+from mirrorgan_jax.train import gan
+from mirrorgan_jax.train.state import GanState
 from tests.parity_utils import (
     config_value,
     load_fixture,
@@ -271,7 +274,7 @@ def official_config(caption_cnn_sd: dict):
     ts_cfg = TRAIN_STEP["cfg"]
     opt = TRAIN_STEP["optimizer"]
     assert opt["G"]["betas"] == opt["D_i"]["betas"], "one beta pair for G and the Ds"
-    cnn_cfg = stream.caption_cnn_config(caption_cnn_sd)  # the fixture's small ResNet
+    cnn_cfg = stream_import.caption_cnn_config(caption_cnn_sd)  # the fixture's small ResNet
     c = cub.get_config()
     c.data.words_num = cfg("TEXT.WORDS_NUM")
     c.model.n_words = cfg("n_words")
@@ -345,13 +348,15 @@ def build_case() -> dict:
     rnn_sd = stream_fx.state_dict(prefix="caption_rnn")
     config = official_config(cnn_sd)
     nets = Networks.from_config(config, n_words=cfg("n_words"))
-    hyper = train_gan.GanHyper.from_config(config)
+    hyper = hyperparameters.gan(config)
     assert nets.image_sizes == sizes
     m = config.model
-    frozen = train_gan.Frozen(
-        text_encoder=gan.text_encoder_variables(text_fx.params),
-        caption_cnn=stream.caption_cnn_variables(cnn_sd, m.stream_backbone, m.stream_embed_size),
-        caption_rnn=stream.caption_rnn_variables(
+    frozen = gan.Frozen(
+        text_encoder=gan_import.text_encoder_variables(text_fx.params),
+        caption_cnn=stream_import.caption_cnn_variables(
+            cnn_sd, m.stream_backbone, m.stream_embed_size
+        ),
+        caption_rnn=stream_import.caption_rnn_variables(
             rnn_sd, cfg("n_words"), m.stream_embed_size, 2 * m.stream_hidden_size
         ),
     )
@@ -360,8 +365,10 @@ def build_case() -> dict:
     check_against(frozen.caption_cnn, nets.init_caption_cnn(key, True), "stream.npz caption_cnn")
     check_against(frozen.caption_rnn, nets.init_caption_rnn(key, True), "stream.npz caption_rnn")
 
-    g_convert = functools.partial(gan.generator_variables, branch_num=branch_num)
-    d_converts = [functools.partial(gan.discriminator_variables, image_size=s) for s in sizes]
+    g_convert = functools.partial(gan_import.generator_variables, branch_num=branch_num)
+    d_converts = [
+        functools.partial(gan_import.discriminator_variables, image_size=s) for s in sizes
+    ]
     g_sd = g_fx.state_dict()
     d_sds = [fx.state_dict() for fx in d_fxs]
     g_vars = g_convert(g_sd)
@@ -370,17 +377,9 @@ def build_case() -> dict:
     for i, v in enumerate(d_vars):
         check_against(v, nets.init_discriminator(i, key, True), f"d{sizes[i]}.npz")
     g_tx, d_tx = hyper.g_tx(), hyper.d_tx()
-    g_params, d_params = as_jax(g_vars["params"]), [as_jax(v["params"]) for v in d_vars]
-    state1 = train_gan.GanState(
-        step=jnp.zeros((), jnp.int32),
-        g_params=g_params,
-        g_batch_stats=as_jax(g_vars["batch_stats"]),
-        g_opt=g_tx.init(g_params),
-        ema_params=g_params,
-        d_params=tuple(d_params),
-        d_batch_stats=tuple(as_jax(v["batch_stats"]) for v in d_vars),
-        d_opts=tuple(d_tx.init(p) for p in d_params),
-    )
+    state1 = hyper.gan_state(as_jax(g_vars), [as_jax(v) for v in d_vars])  # as training builds it
+    g_params = state1.generator.params
+    d_params = [d.params for d in state1.discriminators]
 
     # Iteration 2 starts teacher-forced: this port's Adam step 1 on the official full iteration-1
     # gradients, EMA 0.999 p0 + 0.001 p1, and the official BN statistics after iteration 1.
@@ -408,17 +407,21 @@ def build_case() -> dict:
         convert({**d_fxs[i].params, **ts.group(f"iter1/buffer_after/d{i}")})["batch_stats"]
         for i, convert in enumerate(d_converts)
     ]
-    state2 = train_gan.GanState(
-        step=jnp.ones((), jnp.int32),
-        g_params=g_params1,
-        g_batch_stats=as_jax(
-            g_convert({**g_fx.params, **ts.group("iter1/buffer_after/g")})["batch_stats"]
+    one_step = jnp.ones((), jnp.int32)
+    state2 = GanState(
+        generator=state1.generator.replace(
+            step=one_step,
+            params=g_params1,
+            batch_stats=as_jax(
+                g_convert({**g_fx.params, **ts.group("iter1/buffer_after/g")})["batch_stats"]
+            ),
+            opt_state=g_opt1,
+            ema_params=ema1,
         ),
-        g_opt=g_opt1,
-        ema_params=ema1,
-        d_params=tuple(p for p, _ in d1),
-        d_batch_stats=tuple(as_jax(s) for s in d_stats1),
-        d_opts=tuple(o for _, o in d1),
+        discriminators=tuple(
+            d.replace(step=one_step, params=p, batch_stats=as_jax(stats), opt_state=opt)
+            for d, (p, opt), stats in zip(state1.discriminators, d1, d_stats1, strict=True)
+        ),
     )
 
     inputs = ts.inputs
@@ -470,7 +473,7 @@ def run_iterations(case: dict) -> dict:
     fakes, everything downstream of G agrees to float32 rounding. The free run is held to what is
     continuous in the fakes (`CONTINUOUS_IN_FAKES`).
     """
-    step = train_gan.make_train_step(case["nets"], case["hyper"], case["frozen"], donate=False)
+    step = gan.make_train_step(case["nets"], case["hyper"], case["frozen"], donate=False)
     official_fakes = [
         nchw_to_nhwc(case["ts"].groups["iter1"][f"fake_imgs/{s}"])
         for s in range(len(case["sizes"]))
@@ -743,7 +746,7 @@ def compare_run(case: dict, run: dict, free: bool) -> Comparison:
     for i, s in enumerate(sizes):
         cond = [taps[(s, "cond_logits", j)] for j in range(4)]
         uncond = [taps[(s, "uncond_logits", j)] for j in range(3)]
-        terms = losses.discriminator_loss_terms(uncond[0], cond[0], uncond[1], cond[1], cond[2])
+        terms = losses.discriminator_loss(uncond[0], cond[0], uncond[1], cond[1], cond[2])
         for part in D_PARTS:
             loss("loss parts", f"{pre}/errD_parts/{i}/{part}", terms[part], TOL_LOSS, "errD_parts")
         for part, logits in (("uncond", uncond[2]), ("cond", cond[3])):
@@ -835,8 +838,8 @@ def compare_run(case: dict, run: dict, free: bool) -> Comparison:
     compare_net(
         cmp,
         "g",
-        before.g_opt,
-        NetAfter(after.g_params, after.g_opt),
+        before.generator.opt_state,
+        NetAfter(after.generator.params, after.generator.opt_state),
         case["g_layout"],
         g_initial,
         hyper.lr_g,
@@ -846,20 +849,21 @@ def compare_run(case: dict, run: dict, free: bool) -> Comparison:
         compare_net(
             cmp,
             f"d{i}",
-            before.d_opts[i],
-            NetAfter(after.d_params[i], after.d_opts[i]),
+            before.discriminators[i].opt_state,
+            NetAfter(after.discriminators[i].params, after.discriminators[i].opt_state),
             case["d_layouts"][i],
             d_initial,
             hyper.lr_d,
         )
 
     # ---- BN running statistics: after the iteration, and each D's between its loss and G's
-    stats = case["g_layout"].to_official(after.g_batch_stats, "batch_stats")
+    stats = case["g_layout"].to_official(after.generator.batch_stats, "batch_stats")
     for key, value in stats.items():
         cmp.close("BN statistics", f"{pre}/buffer_after/g/{key}", value, TOL_BN, "buffer_after/g")
     for i, s in enumerate(sizes):
         layout = case["d_layouts"][i]
-        for key, value in layout.to_official(after.d_batch_stats[i], "batch_stats").items():
+        d_stats = layout.to_official(after.discriminators[i].batch_stats, "batch_stats")
+        for key, value in d_stats.items():
             cmp.close(
                 "BN statistics", f"{pre}/buffer_after/d{i}/{key}", value, TOL_BN, "buffer_after/d*"
             )
@@ -875,7 +879,7 @@ def compare_run(case: dict, run: dict, free: bool) -> Comparison:
 
     # ---- EMA of G, in units of lr; elements whose gradient sign is unsure follow their parameter
     # (checked above, with 1000x the room), the others are held to float32 rounding.
-    ema = case["g_layout"].to_official(after.ema_params, "params")
+    ema = case["g_layout"].to_official(after.generator.ema_params, "params")
     for key, value in ema.items():
         e_key = f"{pre}/ema_g/{key}"
         diff = np.abs(cmp.sampled("g", key, value).astype(np.float64) - cmp.expected(e_key))
