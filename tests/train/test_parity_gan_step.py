@@ -116,11 +116,15 @@ MAX_SIGN_FLIP_FRACTION = 1e-3
 # The EMA moves by 0.001 of the parameter step, so what is left is float32 rounding of weights
 # near 1: two ulps of a weight in [1, 2) (2.4e-7 = 1.2e-3 lr). One is the official floor (the
 # teacher-forced EMA after iteration 1 is built in another order of operations). The other is
-# this port's weight on the parameter: it updates e <- d e + (1 - d) p with d = float32(0.999),
-# so 1 - d = 0.000999987, where the official `avg_p.mul_(0.999).add_(0.001, p)` uses
-# float32(0.001) = 0.00100000005 (its weights sum to 1 + 1.3e-8). That moves e by 1.3e-8 |p|
-# before rounding, enough to round some weights near 1 to the next float; with the official
-# weights this port's iteration-2 EMA is within one ulp.
+# the update's own rounding. The official `avg_p.mul_(0.999).add_(0.001, p)` (qiaott/MirrorGAN:
+# trainer.py Trainer.train) rounds 0.999 e to float32, then adds 0.001 p with one rounding
+# (that order, emulated in numpy, gives the fixture's EMA to the bit). This port's
+# e <- d e + (1 - d) p (`GeneratorState.apply_gradients`) compiles on CPU to one fused
+# multiply-add of d e onto the rounded (1 - d) p (emulated, the step's EMA to the bit), so d e,
+# which is near e, is never rounded by itself. The weights differ too, by less: here d =
+# float32(0.999) and 1 - d = 0.000999987, there float32(0.001) = 0.00100000005 (the official
+# weights sum to 1 + 1.3e-8, moving e by 1.3e-8 |p|); the step run with the official weights
+# still reaches two ulps, so the order, not the weights, costs the second ulp.
 # Elements whose gradient sign is unsure are left out: their EMA error is 0.001 of their
 # parameter's, checked above.
 TOL_EMA_LR = 1.5e-3
