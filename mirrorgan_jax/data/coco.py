@@ -115,20 +115,20 @@ def _attngan_plan(root: str, options: rc.BuildOptions) -> rc.Plan:
     rc.require(root, required, ATTNGAN_LAYOUT)
     caps = rc.read_captions_pickle(caps_path) if has_pickle else None
     text_dir = os.path.join(root, "text")
-    splits = {}
+    splits, invalid_utf8 = {}, []
     for split in rc.SPLITS:
         keys = rc.read_filenames(os.path.join(root, split, "filenames.pickle"))
         if os.path.isdir(text_dir):
             files = [os.path.join(text_dir, k + ".txt") for k in keys]
             rc.require_files(files, f"caption files of split {split!r}")
-            captions = [rc.read_caption_file(p, options) for p in files]
+            captions = [rc.read_caption_file(p, options, invalid_utf8) for p in files]
         else:
             captions = rc.captions_from_pickle(caps, split, keys, options)
         splits[split] = [
             rc.Example(k, _image_path(root, k), c, i)
             for i, (k, c) in enumerate(zip(keys, captions, strict=True))
         ]
-    return rc.Plan("attngan", splits, caps.wordtoix if caps else None)
+    return rc.Plan("attngan", splits, caps.wordtoix if caps else None, invalid_utf8=invalid_utf8)
 
 
 class Coco(rc.RealDataBuilder):

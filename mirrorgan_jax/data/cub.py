@@ -112,7 +112,7 @@ class Cub(rc.RealDataBuilder):
         bboxes = read_bboxes(manual_dir) if check else {}
         use_text = os.path.isdir(text_dir)
 
-        splits = {}
+        splits, invalid_utf8 = {}, []
         for split in rc.SPLITS:
             keys = rc.read_filenames(os.path.join(manual_dir, split, "filenames.pickle"))
             info = os.path.join(manual_dir, split, "class_info.pickle")
@@ -123,7 +123,7 @@ class Cub(rc.RealDataBuilder):
             if use_text:
                 files = [os.path.join(text_dir, k + ".txt") for k in keys]
                 rc.require_files(files, f"caption files of split {split!r}")
-                captions = [rc.read_caption_file(p, options) for p in files]
+                captions = [rc.read_caption_file(p, options, invalid_utf8) for p in files]
             else:
                 captions = rc.captions_from_pickle(caps, split, keys, options)
             if check:
@@ -138,7 +138,9 @@ class Cub(rc.RealDataBuilder):
                 rc.Example(k, os.path.join(image_dir, k + ".jpg"), c, i, bboxes.get(k))
                 for k, c, i in zip(keys, captions, class_ids, strict=True)
             ]
-        plan = rc.Plan("attngan", splits, caps.wordtoix if caps else None)
+        plan = rc.Plan(
+            "attngan", splits, caps.wordtoix if caps else None, invalid_utf8=invalid_utf8
+        )
         if check:
             rc.check_images(plan, options)
         return plan

@@ -30,10 +30,16 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from mirrorgan_jax import errors
 from mirrorgan_jax.data import schema
 from mirrorgan_jax.data.tokenizers import Tokenizer
 
 _EPOCH_SEED_STRIDE = 1_000_003
+_REBUILD = "rebuild it: --mode=prepare --config.data.overwrite=True"
+
+
+class PreparedDataError(errors.Error, ValueError):
+    """The prepared data is missing, incomplete or damaged (names the folder or file)."""
 
 
 def find_builder_dir(data_dir: str | pathlib.Path, name: str) -> pathlib.Path:
@@ -54,9 +60,10 @@ def find_builder_dir(data_dir: str | pathlib.Path, name: str) -> pathlib.Path:
                 matches.append((version, str(info.parent)))
     if not matches:
         seen = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
-        raise FileNotFoundError(
-            f"no prepared data set {name!r} under {root} (it holds: {seen or 'nothing'}); "
-            "run --mode=prepare first"
+        raise PreparedDataError(
+            f"no prepared data set {name!r}",
+            str(root),
+            f"run --mode=prepare first (the folder holds: {', '.join(seen) or 'nothing'})",
         )
     return pathlib.Path(max(matches)[1])
 
@@ -67,7 +74,12 @@ def num_examples(data_dir: str | pathlib.Path, name: str, split: str) -> int:
     for s in info.get("splits", []):
         if s["name"] == split:
             return sum(int(n) for n in s["shardLengths"])
-    raise ValueError(f"data set {name!r} has no split {split!r}")
+    splits = [s["name"] for s in info.get("splits", [])]
+    raise PreparedDataError(
+        f"the prepared data set has no split {split!r}",
+        str(find_builder_dir(data_dir, name)),
+        f"it has {splits}",
+    )
 
 
 def _records(data_dir, name: str, split: str):
@@ -76,8 +88,11 @@ def _records(data_dir, name: str, split: str):
 
     builder = tfds.builder_from_directory(str(find_builder_dir(data_dir, name)))
     if split not in builder.info.splits:
-        splits = list(builder.info.splits)
-        raise ValueError(f"data set {name!r} has no split {split!r}; it has {splits}")
+        raise PreparedDataError(
+            f"the prepared data set has no split {split!r}",
+            str(find_builder_dir(data_dir, name)),
+            f"it has {list(builder.info.splits)}",
+        )
     ds = builder.as_dataset(
         split=split,
         shuffle_files=False,
@@ -94,9 +109,47 @@ def load_captions(
     every example (None: all of them), flattened."""
     records, _ = _records(data_dir, name, split)
     captions = []
-    for caps in records.map(lambda r: r["captions"]).as_numpy_iterator():
+    for caps in _read(records.map(lambda r: r["captions"]), (data_dir, name, split)):
         captions += [c.decode("utf-8") for c in caps[:per_image]]
     return captions
+
+
+def _read(ds, where: tuple) -> Iterator:
+    """`ds.as_numpy_iterator()`, a damaged record file of split `where` = (data_dir, name,
+    split) said as a `PreparedDataError` naming the file."""
+    import tensorflow as tf
+
+    try:
+        yield from ds.as_numpy_iterator()
+    except tf.errors.DataLossError as e:
+        raise _damaged(*where, e) from e
+
+
+def _tf_message(error: Exception) -> str:
+    """A TensorFlow error's own sentence, without the op and function names around it."""
+    text = errors.one_line(getattr(error, "message", str(error)))
+    return re.sub(r"\{\{[^}]*\}\}\s*", "", text).split(" [Op:")[0]
+
+
+def _damaged(data_dir, name: str, split: str, error: Exception) -> PreparedDataError:
+    """TensorFlow's DataLossError names no file: the split's record files are read one by one
+    to find the damaged one."""
+    import tensorflow as tf
+
+    builder_dir = find_builder_dir(data_dir, name)
+    for path in sorted(builder_dir.glob(f"*-{split}.tfrecord*")):
+        try:
+            for _ in tf.data.TFRecordDataset(str(path)):
+                pass
+        except tf.errors.DataLossError as e:
+            return PreparedDataError(
+                "a prepared data file is damaged", str(path), f"{_tf_message(e)}; {_REBUILD}"
+            )
+    return PreparedDataError(
+        f"the prepared {split!r} data is damaged",
+        str(builder_dir),
+        f"{_tf_message(error)}; {_REBUILD}",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,6 +183,9 @@ class Source:
 
     def records(self, split: str):
         return _records(self.data_dir, self.name, split)
+
+    def where(self, split: str) -> tuple:
+        return (self.data_dir, self.name, split)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,8 +280,8 @@ def _sort_by_length(batch):
             for k, v in batch.items()}  # fmt: skip
 
 
-def _to_numpy(ds, keep_eval_keys: bool) -> Iterator[dict]:
-    for batch in ds.as_numpy_iterator():
+def _to_numpy(ds, keep_eval_keys: bool, where: tuple) -> Iterator[dict]:
+    for batch in _read(ds, where):
         batch["images"] = list(batch["images"])
         if not keep_eval_keys:
             batch.pop("caption_index")
@@ -259,7 +315,11 @@ def create_dataset(
     index, count_hosts = host
     records, count = source.records(split)
     if count < 1:
-        raise ValueError(f"split {split!r} of {source.name!r} is empty")
+        raise PreparedDataError(
+            f"the prepared {split!r} split is empty",
+            str(find_builder_dir(source.data_dir, source.name)),
+            _REBUILD,
+        )
     local = batch_size // count_hosts
     first_epoch, skip = divmod(start_step * batch_size, count)
 
@@ -275,7 +335,7 @@ def create_dataset(
     ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE).batch(local, drop_remainder=True)
     if sort_by_length:
         ds = ds.map(_sort_by_length)
-    return _to_numpy(ds.prefetch(prefetch), keep_eval_keys=False)
+    return _to_numpy(ds.prefetch(prefetch), keep_eval_keys=False, where=source.where(split))
 
 
 @dataclasses.dataclass
@@ -287,9 +347,10 @@ class EvalBatches:
     dataset: object  # tf.data.Dataset
     num_examples: int  # valid rows over all hosts
     num_batches: int
+    where: tuple = ()  # (data_dir, name, split), to name a damaged file
 
     def __iter__(self) -> Iterator[dict]:
-        return _to_numpy(self.dataset, keep_eval_keys=True)
+        return _to_numpy(self.dataset, keep_eval_keys=True, where=self.where)
 
     def __len__(self) -> int:
         return self.num_batches
@@ -343,7 +404,7 @@ def create_eval_dataset(
     ds = ds.batch(local, drop_remainder=True)
     if sort_by_length:
         ds = ds.map(_sort_by_length)
-    return EvalBatches(ds.prefetch(prefetch), total, num_batches)
+    return EvalBatches(ds.prefetch(prefetch), total, num_batches, source.where(split))
 
 
 def _padding_example(image_sizes, words_num):

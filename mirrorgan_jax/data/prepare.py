@@ -18,10 +18,13 @@ import pathlib
 import shutil
 import time
 
+from absl import logging
+
 from mirrorgan_jax.data import input_pipeline, shapes, tokenizers
 
 DATASET_NAMES = ("shapes", "cub", "coco")
 _REPORT_VERSION = 1
+PreparedDataError = input_pipeline.PreparedDataError
 
 
 def resolve_data_dir(config_data, workdir: str | pathlib.Path) -> pathlib.Path:
@@ -107,7 +110,7 @@ def _existing_outputs(data_dir: pathlib.Path, name: str, old: dict | None) -> li
     for n in sorted(names):
         try:
             paths.append(input_pipeline.find_builder_dir(data_dir, n))
-        except FileNotFoundError:
+        except PreparedDataError:
             pass
     return paths
 
@@ -144,14 +147,17 @@ def prepare(config, workdir: str | pathlib.Path) -> dict:
             return {**old, "status": "already_prepared"}
         if not data.overwrite:
             changes = ", ".join(f"{k}: prepared {a!r}, config {b!r}" for k, (a, b) in diff.items())
-            raise ValueError(
-                f"{data_dir} holds {name!r} prepared with different settings ({changes}); "
-                "set config.data.overwrite=True to rebuild it, or choose another data_dir"
+            raise PreparedDataError(
+                f"the data folder holds {name!r} prepared with different settings ({changes})",
+                str(data_dir),
+                "set config.data.overwrite=True to rebuild it, or choose another data_dir",
             )
     elif existing and not data.overwrite:
-        raise ValueError(
-            f"{data_dir} holds {[str(p) for p in existing]} without {report_file.name} "
-            "(an interrupted prepare?); set config.data.overwrite=True to rebuild"
+        raise PreparedDataError(
+            f"the data folder holds {[p.name for p in existing]} without {report_file.name} "
+            "(an interrupted prepare?)",
+            str(data_dir),
+            "set config.data.overwrite=True to rebuild",
         )
     if data.overwrite:
         _remove(existing, data_dir)
@@ -165,6 +171,7 @@ def prepare(config, workdir: str | pathlib.Path) -> dict:
     tokenizer.save(tokenizer_dir(data_dir))
     words = {w for c in all_captions for w in tokenizers.normalize(c).split()}
     unknown = sorted({u for w in words for u in tokenizer.unknown_words(w)})
+    long_captions = _long_captions(tokenizer, all_captions, data.words_num)
     report = dict(
         report_version=_REPORT_VERSION,
         status="prepared",
@@ -177,6 +184,8 @@ def prepare(config, workdir: str | pathlib.Path) -> dict:
         vocab_size=tokenizer.vocab_size,
         unknown_words=unknown[:100],
         num_unknown_words=len(unknown),
+        long_captions=long_captions,
+        invalid_utf8=builder_report.get("invalid_utf8", []),
         splits={
             split: input_pipeline.num_examples(data_dir, name, split)
             for split in _split_names(data_dir, name)
@@ -187,6 +196,36 @@ def prepare(config, workdir: str | pathlib.Path) -> dict:
     )
     report_file.write_text(json.dumps(report, indent=2, default=str))
     return report
+
+
+def _long_captions(tokenizer, captions, words_num: int, listed: int = 5) -> dict:
+    """How many captions have more tokens than `words_num` (training keeps `words_num` of
+    them, see data.long_caption), and the longest few."""
+    counts = []
+    for i, caption in enumerate(captions):
+        try:
+            counts.append((len(tokenizer.encode(caption)), i))
+        except ValueError:  # a caption without a word: never drawn for training either
+            continue
+    long = sorted((n, i) for n, i in counts if n > words_num)
+    if long:
+        logging.info(
+            "%d of %d captions have more than data.words_num=%d tokens (the longest: %d); "
+            "training keeps %d of their tokens (data.long_caption)",
+            len(long),
+            len(counts),
+            words_num,
+            long[-1][0],
+            words_num,
+        )
+    return dict(
+        words_num=words_num,
+        count=len(long),
+        longest=[
+            dict(tokens=n, caption=captions[i][:120] + ("..." if len(captions[i]) > 120 else ""))
+            for n, i in reversed(long[-listed:])
+        ],
+    )
 
 
 def _split_names(data_dir: pathlib.Path, name: str) -> list[str]:
@@ -200,10 +239,16 @@ def load_prepared(config, workdir: str | pathlib.Path) -> tuple[pathlib.Path, to
     data_dir = resolve_data_dir(config.data, workdir)
     report_file = report_path(data_dir)
     if not report_file.exists():
-        raise FileNotFoundError(
-            f"{report_file} not found: run --mode=prepare for data set {config.data.name!r} first"
+        raise PreparedDataError(
+            f"no prepared data set {config.data.name!r}",
+            str(report_file),
+            "run --mode=prepare first",
         )
     name = json.loads(report_file.read_text()).get("name")
     if name != config.data.name:
-        raise ValueError(f"{data_dir} holds data set {name!r}, not {config.data.name!r}")
+        raise PreparedDataError(
+            f"the data folder holds data set {name!r}, not {config.data.name!r}",
+            str(data_dir),
+            "set config.data.data_dir to the folder of the right data set",
+        )
     return data_dir, tokenizers.load_tokenizer(tokenizer_dir(data_dir))

@@ -20,7 +20,9 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 
+from mirrorgan_jax import errors
 from mirrorgan_jax.data import schema
 from mirrorgan_jax.safe_load import load_pickle
 
@@ -28,7 +30,7 @@ SPLITS = ("train", "test")
 _WORD = re.compile(r"\w+")
 
 
-class DataLayoutError(ValueError):
+class DataLayoutError(errors.Error, ValueError):
     """The supplied folder is missing something or holds a file in an unexpected form."""
 
 
@@ -74,6 +76,8 @@ class Plan:
     splits: dict[str, list[Example]]
     wordtoix: dict[str, int] | None = None
     skipped: list[dict] = dataclasses.field(default_factory=list)
+    # caption files that are not valid UTF-8 (`read_caption_file`): file, line, bytes replaced
+    invalid_utf8: list[dict] = dataclasses.field(default_factory=list)
 
 
 # ---------------------------------------------------------------- checking the folder
@@ -182,11 +186,28 @@ def select_captions(captions: list[str], options: BuildOptions, source: str) -> 
     return captions[:n]
 
 
-def read_caption_file(path: str, options: BuildOptions) -> list[str]:
+def read_caption_file(
+    path: str, options: BuildOptions, invalid_utf8: list[dict] | None = None
+) -> list[str]:
+    """The captions of one file. Bytes that are not UTF-8 become U+FFFD, as the official reader
+    does; such a file is listed in `invalid_utf8` (file, first bad line, bytes replaced)."""
     if not os.path.isfile(path):
         raise DataLayoutError(f"caption file {path} is missing")
-    with open(path, encoding="utf-8", errors="replace") as f:
-        return select_captions(clean_captions(f.read().split("\n")), options, path)
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        text = raw.decode("utf-8", errors="replace")
+        if invalid_utf8 is not None:
+            invalid_utf8.append(
+                {
+                    "file": path,
+                    "line": raw[: e.start].count(b"\n") + 1,
+                    "replaced": text.count("\ufffd") - raw.count("\ufffd".encode()),
+                }
+            )
+    return select_captions(clean_captions(text.split("\n")), options, path)
 
 
 def captions_from_pickle(
@@ -390,6 +411,13 @@ def build_with(builder_cls: type[RealDataBuilder], config_data: Any, data_dir: s
         shutil.rmtree(tmp, ignore_errors=True)
     skipped = plan.skipped + builder.skipped
     counts = _split_counts(builder_cls(data_dir=data_dir))
+    for bad in plan.invalid_utf8:
+        logging.warning(
+            "%s: not valid UTF-8 from line %d on; %d byte sequence(s) read as U+FFFD",
+            bad["file"],
+            bad["line"],
+            bad["replaced"],
+        )
     return {
         **report,
         "reused": False,
@@ -397,6 +425,8 @@ def build_with(builder_cls: type[RealDataBuilder], config_data: Any, data_dir: s
         "splits": counts,
         "skipped": skipped,
         "num_skipped": len(skipped),
+        "invalid_utf8": plan.invalid_utf8,
+        "num_invalid_utf8": len(plan.invalid_utf8),
     }
 
 

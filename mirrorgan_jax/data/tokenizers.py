@@ -21,6 +21,8 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from mirrorgan_jax import errors
+
 PAD_ID = 0
 LONG_CAPTION_MODES = ("subset", "truncate")
 _CONFIG_FILE = "tokenizer.json"
@@ -39,9 +41,13 @@ def attngan_words(text: str) -> list[str]:
     return [w for w in words if w]
 
 
+class TokenizerError(errors.Error, ValueError):
+    """A saved tokenizer is missing or unreadable (names the folder)."""
+
+
 class Tokenizer:
     """The tokenizer interface: `vocab_size`, `pad_id` (0), `encode`, `decode`, `unknown_words`,
-    `save`, `load`, and `encode_batch` (shared)."""
+    `has_known_piece`, `save`, `load`, and `encode_batch` (shared)."""
 
     kind: str = ""
     pad_id: int = PAD_ID
@@ -64,6 +70,11 @@ class Tokenizer:
 
     #: what `encode` does with an unknown word (reported to users by sampling)
     unknown_policy: str = ""
+
+    def has_known_piece(self, ids: Sequence[int]) -> bool:
+        """Whether `ids` (from `encode`) hold a word or piece the vocabulary knows, i.e. some
+        meaning to condition on."""
+        return any(int(i) != PAD_ID for i in ids)
 
     def decode_words(self, ids: Iterable[int]) -> list[str]:
         """One label per id (a word or a sentence piece), e.g. to caption attention maps."""
@@ -258,6 +269,11 @@ class SentencePieceTokenizer(Tokenizer):
     def decode(self, ids: Iterable[int]) -> str:
         return self._sp.decode([int(i) for i in ids if int(i) != PAD_ID])
 
+    def has_known_piece(self, ids: Sequence[int]) -> bool:
+        # <unk> and a bare word boundary carry no meaning
+        boundary = self._sp.piece_to_id("\u2581")
+        return any(int(i) not in (PAD_ID, self.unk_id, boundary) for i in ids)
+
     def decode_words(self, ids: Iterable[int]) -> list[str]:
         return [self._sp.id_to_piece(int(i)).replace("\u2581", "") or "_" for i in ids]
 
@@ -294,10 +310,19 @@ _KINDS = {c.kind: c for c in (AttnGANTokenizer, SentencePieceTokenizer)}
 def _read_config(path_dir: str | pathlib.Path, kind: str | None = None) -> dict:
     path = pathlib.Path(path_dir) / _CONFIG_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"no tokenizer at {path_dir}: {path} is missing (run prepare)")
-    config = json.loads(path.read_text())
+        raise TokenizerError(
+            "no tokenizer", str(path_dir), f"{_CONFIG_FILE} is missing: run --mode=prepare"
+        )
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise TokenizerError("unreadable tokenizer file", str(path), str(e)) from None
     if config.get("kind") not in _KINDS or (kind is not None and config["kind"] != kind):
-        raise ValueError(f"{path}: kind={config.get('kind')!r}, expected {kind or list(_KINDS)}")
+        raise TokenizerError(
+            "unknown tokenizer kind",
+            f"{path}: kind={config.get('kind')!r}",
+            f"expected {kind or list(_KINDS)}",
+        )
     return config
 
 

@@ -217,7 +217,7 @@ def test_pipeline_errors(prepared, tmp_path):
     unfinished = tmp_path / "shapes" / "incomplete.AB12_1.0.0"
     unfinished.mkdir(parents=True)
     (unfinished / "dataset_info.json").write_text("{}")
-    with pytest.raises(FileNotFoundError, match="run --mode=prepare"):
+    with pytest.raises(ip.PreparedDataError, match="run --mode=prepare"):
         ip.find_builder_dir(tmp_path, "shapes")
     with pytest.raises(ValueError, match="increasing"):
         ip.create_dataset(ip.Source(p["data_dir"], "shapes", p["tok"], (64, 32), 12), "train", 4)
@@ -252,7 +252,7 @@ def test_prepare_rejects_unknown_names(tmp_path):
     with pytest.raises(ValueError, match="'mnist' is unknown"):
         prepare.prepare(config, tmp_path)
     config.data.name = "shapes"
-    with pytest.raises(FileNotFoundError, match="run --mode=prepare"):
+    with pytest.raises(ip.PreparedDataError, match="run --mode=prepare"):
         prepare.load_prepared(config, tmp_path)
 
 

@@ -135,7 +135,7 @@ def test_long_caption_subset_vs_truncate():
 def test_build_and_load_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown tokenizer kind"):
         T.build_tokenizer("bpe", CAPTIONS, CAPTIONS)
-    with pytest.raises(FileNotFoundError, match="run prepare"):
+    with pytest.raises(T.TokenizerError, match="run --mode=prepare"):
         T.load_tokenizer(tmp_path / "missing")
     with pytest.raises(ValueError, match="no non-empty caption"):
         T.SentencePieceTokenizer.train(["", " "])
