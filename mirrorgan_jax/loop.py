@@ -1,15 +1,18 @@
 """The training loop every stage shares: resume, step, log, checkpoint, stop cleanly.
 
-Resume order (written down, as the style guide asks): the stage's latest Orbax checkpoint in
-its workdir folder, else the state `init_state()` builds (scratch or imported weights). The
-step RNG is `fold_in(rng, step)` and the data iterator restarts at the restored step, so an
-interrupted run continues exactly where it stopped. The host synchronises with the devices
-only at logging and checkpoint steps.
+Resume order (written down, as the style guide asks): the stage's latest good Orbax checkpoint
+in its workdir folder (a newer step that is damaged is skipped with a warning, see
+`checkpoints`), else the state `init_state()` builds (scratch or imported weights); a folder
+whose every step is damaged stops the run. The step RNG is `fold_in(rng, step)` and the data
+iterator restarts at the restored step, so an interrupted run continues exactly where it
+stopped; metrics.jsonl drops the rows logged after that step, which the run logs again. The
+host synchronises with the devices only at logging and checkpoint steps.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 import threading
 import time
 from typing import Any, Callable, Iterator
@@ -19,14 +22,21 @@ import jax.numpy as jnp
 from absl import logging
 from clu import periodic_actions
 
-from mirrorgan_jax import checkpoints, observability
+from mirrorgan_jax import checkpoints, errors, observability
 
 
-class Preempted(Exception):
-    """SIGTERM/SIGINT arrived; a checkpoint of the current step was written."""
+class Preempted(errors.Error):
+    """SIGTERM/SIGINT arrived; a checkpoint of the current step was written. The process ends
+    with 128 + the signal's number, as a process the signal had ended."""
+
+    label = "stopped"
+
+    def __init__(self, what: str, subject: str = "", action: str = "", signum: int = 15):
+        super().__init__(what, subject, action)
+        self.exit_status = 128 + signum
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(errors.Error, RuntimeError):
     """A loss became NaN/inf; the run stopped and the last good checkpoint is intact."""
 
 
@@ -57,12 +67,13 @@ def run_stage(
         f"{spec.stage_dir}/checkpoints", max_to_keep=spec.keep_checkpoints
     )
     try:
-        start = ckpt.latest_step()
         meta = {}
-        if start is not None:
-            state, meta = ckpt.restore(
-                start, abstract_state, expected_meta=spec.meta, legacy=spec.legacy
+        last_saved = None
+        if ckpt.all_steps():
+            start, state, meta = ckpt.restore_latest(
+                abstract_state, expected_meta=spec.meta, legacy=spec.legacy
             )
+            last_saved = start
             logging.info("%s: resumed from step %d", spec.name, start)
         else:
             start = 0
@@ -71,7 +82,7 @@ def run_stage(
             # `final` marks imported weights that stand for a finished stage.
             logging.info("%s: finished already (step %d)", spec.name, start)
             return state, start
-        state = _train(spec, ckpt, state, start, step_fn, batches, rng, on_log)
+        state = _train(spec, ckpt, state, start, last_saved, step_fn, batches, rng, on_log)
         return state, spec.total_steps
     finally:
         t_close = time.time()
@@ -80,8 +91,8 @@ def run_stage(
             logging.info("%s: closing checkpoints took %.1f s", spec.name, time.time() - t_close)
 
 
-def _train(spec, ckpt, state, start, step_fn, batches, rng, on_log):
-    writer = observability.make_writer(spec.stage_dir)
+def _train(spec, ckpt, state, start, last_saved, step_fn, batches, rng, on_log):
+    writer = observability.make_writer(spec.stage_dir, resume_step=start)
     report = periodic_actions.ReportProgress(
         num_train_steps=spec.total_steps, writer=writer, every_steps=spec.log_every
     )
@@ -90,7 +101,6 @@ def _train(spec, ckpt, state, start, step_fn, batches, rng, on_log):
     bad_value = jnp.zeros((), jnp.float32)
     data = batches(start)
     step = start
-    last_saved = ckpt.latest_step()  # None on a fresh stage: nothing saved yet
     t0 = time.time()
     try:
         while step < spec.total_steps:
@@ -103,6 +113,7 @@ def _train(spec, ckpt, state, start, step_fn, batches, rng, on_log):
             bad_value = jnp.where(new_bad, jnp.sum(losses), bad_value)
             first_bad = jnp.where(new_bad, step, first_bad)
             report(step)
+            ckpt.record_digests()
             at_log = step % spec.log_every == 0 or step == spec.total_steps
             at_ckpt = step % spec.checkpoint_every == 0 or step == spec.total_steps
             if at_log or at_ckpt or preemption.requested:
@@ -119,7 +130,13 @@ def _train(spec, ckpt, state, start, step_fn, batches, rng, on_log):
             if preemption.requested:
                 ckpt.wait_until_finished()
                 writer.flush()
-                raise Preempted(f"{spec.name}: stopped by signal at step {step}; checkpoint saved")
+                raise Preempted(
+                    f"{spec.name} stage stopped by signal {preemption.signal_received} at step "
+                    f"{step}",
+                    f"{spec.stage_dir}/checkpoints",
+                    "checkpoint saved; the same command resumes from it",
+                    signum=preemption.signal_received or 15,
+                )
         ckpt.wait_until_finished()
         logging.info(
             "%s: %d steps in %.1f s", spec.name, spec.total_steps - start, time.time() - t0
@@ -128,11 +145,14 @@ def _train(spec, ckpt, state, start, step_fn, batches, rng, on_log):
     finally:
         preemption.close()
         if hasattr(data, "close"):
-            # Closing the tf.data iterator can take tens of seconds after a long stage (the
-            # close itself, not the writers); the next stage need not wait for it.
-            threading.Thread(
-                target=_close_input, args=(spec.name, data), name="close-input", daemon=True
-            ).start()
+            if sys.exc_info()[0] is None:
+                # Closing the tf.data iterator can take tens of seconds after a long stage (the
+                # close itself, not the writers); the next stage need not wait for it.
+                threading.Thread(
+                    target=_close_input, args=(spec.name, data), name="close-input", daemon=True
+                ).start()
+            else:  # the process is about to end: its input threads go first
+                data.close()
         writer.flush()
 
 

@@ -12,11 +12,18 @@ from clu.metric_writers import interface
 
 
 class JsonlWriter(interface.MetricWriter):
-    """Appends one JSON object per write_scalars call to `<dir>/metrics.jsonl`."""
+    """Appends one JSON object per write_scalars call to `<dir>/metrics.jsonl`.
 
-    def __init__(self, directory: str):
+    resume_step: the step a resumed run starts from; rows of later steps (logged by the run
+    that stopped, and logged again by this one) are dropped first, so that every step appears
+    once however often a stage is resumed."""
+
+    def __init__(self, directory: str, resume_step: int | None = None):
         os.makedirs(directory, exist_ok=True)
-        self._f = open(os.path.join(directory, "metrics.jsonl"), "a")
+        path = os.path.join(directory, "metrics.jsonl")
+        if resume_step is not None and os.path.exists(path):
+            _drop_rows_after(path, resume_step)
+        self._f = open(path, "a")
 
     def write_scalars(self, step: int, scalars: Mapping[str, Any]):
         row = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
@@ -51,14 +58,34 @@ class JsonlWriter(interface.MetricWriter):
         self._f.close()
 
 
-def make_writer(stage_dir: str) -> metric_writers.MetricWriter:
-    """TensorBoard events + metrics.jsonl in `stage_dir`, and console logging; main process only."""
+def _drop_rows_after(path: str, step: int) -> None:
+    with open(path) as f:
+        lines = f.readlines()
+    kept = []
+    for line in lines:
+        try:
+            row_step = json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):  # a line cut short by a killed run
+            continue
+        if row_step <= step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    if len(kept) == len(lines):
+        return
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(kept)
+    os.replace(tmp, path)
+
+
+def make_writer(stage_dir: str, resume_step: int | None = None) -> metric_writers.MetricWriter:
+    """TensorBoard events + metrics.jsonl in `stage_dir`, and console logging; main process
+    only. resume_step: see `JsonlWriter`."""
     if jax.process_index() != 0:
         return metric_writers.MultiWriter([])
     return metric_writers.MultiWriter(
         [
             metric_writers.SummaryWriter(stage_dir),
-            JsonlWriter(stage_dir),
+            JsonlWriter(stage_dir, resume_step),
             metric_writers.LoggingWriter(),
         ]
     )

@@ -1,7 +1,10 @@
-"""Checkpointer: 1 -> 8 device round trip, retention, non-finite refusal, config check, signals."""
+"""Checkpointer: 1 -> 8 device round trip, retention, non-finite refusal, config check, signals,
+digests and the fall-back from a damaged step, read-only use."""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import signal
 
@@ -90,9 +93,9 @@ def test_round_trip_and_restore_sharded_onto_8_devices(tmp_path, state):
     assert int(nxt.step) == 2
     assert nxt.params["Dense_1"]["kernel"].sharding.spec == P(None, "data")
     c2.close()
-    with pytest.raises(FileNotFoundError, match="no checkpoint step 7"):
+    with pytest.raises(ck.CheckpointError, match="no checkpoint step 7"):
         ck.Checkpointer(tmp_path / "ckpt").restore(7, abstract)
-    with pytest.raises(FileNotFoundError, match="no checkpoint in"):
+    with pytest.raises(ck.CheckpointError, match=r"no checkpoint \(.*empty\)"):
         ck.Checkpointer(tmp_path / "empty").restore(None, abstract)
 
 
@@ -236,3 +239,133 @@ def test_sigterm_sets_flag_and_handlers_are_restored():
         assert calls == [signal.SIGTERM, signal.SIGTERM]
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+def _other(state):
+    return state.replace(params=jax.tree.map(lambda x: x + 1.0, state.params))
+
+
+def _largest_array_file(step_dir):
+    """The largest of the files that hold the arrays' bytes (Orbax's OCDBT data files)."""
+    files = [
+        os.path.join(root, n)
+        for root, _, names in os.walk(os.path.join(step_dir, "state"))
+        for n in names
+        if os.path.basename(root) == "d"
+    ]
+    return max(files, key=os.path.getsize)
+
+
+def _damage(step_dir, how):
+    if how == "truncated":
+        path = _largest_array_file(step_dir)
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 2)
+    elif how == "no_metadata":
+        os.remove(os.path.join(step_dir, "state", "_METADATA"))
+    elif how == "overwritten":  # the same size, other bytes: only the digest can tell
+        path = _largest_array_file(step_dir)
+        size = os.path.getsize(path)
+        with open(path, "r+b") as f:
+            f.seek(size // 4)
+            f.write(bytes(255 - b for b in f.read(min(4096, size // 2))))
+            assert os.path.getsize(path) == size
+    else:
+        raise ValueError(how)
+
+
+def _listing(directory):
+    return sorted(
+        os.path.relpath(os.path.join(r, n), directory)
+        for r, _, names in os.walk(directory)
+        for n in names
+    )
+
+
+def test_each_save_records_a_digest_of_its_files(tmp_path, state):
+    with ck.Checkpointer(tmp_path) as c:
+        c.save(1, state)
+        c.wait_until_finished()
+        assert c.verified(1) and c.damage(1) is None
+    digest = json.loads((tmp_path / "1" / ck.DIGEST_FILE).read_text())
+    assert digest["step"] == 1 and digest["algorithm"] == "sha256"
+    assert set(digest["files"]) == set(_listing(tmp_path / "1")) - {ck.DIGEST_FILE}
+    assert "state/_METADATA" in digest["files"]
+
+
+@pytest.mark.parametrize("how", ["truncated", "no_metadata", "overwritten"])
+def test_a_damaged_newest_step_falls_back_to_the_previous_one(tmp_path, state, how, caplog):
+    newer = _other(state)
+    with ck.Checkpointer(tmp_path) as c:
+        c.save(2, state)
+        c.save(4, newer)
+    _damage(str(tmp_path / "4"), how)
+    before = _listing(tmp_path)
+    reader = ck.Checkpointer(tmp_path, read_only=True)
+    with caplog.at_level(logging.WARNING):
+        step, restored, _ = reader.restore_latest(abstract_like(state))
+    reader.close()
+    assert step == 2
+    _assert_tree_equal(restored, state)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(f"step 4 in {tmp_path}" in m and "skipped" in m for m in warned), warned
+    assert _listing(tmp_path) == before  # nothing removed or written
+    # A step asked for by number is not replaced by another one.
+    with pytest.raises(ck.CheckpointError, match="step 4"):
+        ck.Checkpointer(tmp_path, read_only=True).restore(4, abstract_like(state))
+
+
+def test_without_a_digest_a_step_that_fails_to_load_still_falls_back(tmp_path, state):
+    with ck.Checkpointer(tmp_path) as c:
+        c.save(2, state)
+        c.save(4, _other(state))
+    for step in (2, 4):
+        os.remove(tmp_path / str(step) / ck.DIGEST_FILE)  # as written before digests
+    _damage(str(tmp_path / "4"), "no_metadata")
+    reader = ck.Checkpointer(tmp_path, read_only=True)
+    step, restored, _ = reader.restore_latest(abstract_like(state))
+    assert step == 2 and reader.skipped.keys() == {4}
+    _assert_tree_equal(restored, state)
+
+
+def test_no_usable_step_names_the_folder_and_deletes_nothing(tmp_path, state):
+    with ck.Checkpointer(tmp_path) as c:
+        c.save(2, state)
+        c.save(4, state)
+    _damage(str(tmp_path / "2"), "overwritten")
+    _damage(str(tmp_path / "4"), "truncated")
+    before = _listing(tmp_path)
+    with pytest.raises(ck.CheckpointError, match=rf"no usable checkpoint \({tmp_path}\).*step 2"):
+        ck.Checkpointer(tmp_path).restore(None, abstract_like(state))
+    assert _listing(tmp_path) == before
+
+
+def test_a_resumed_run_sets_the_damaged_step_aside_when_it_saves_it_again(tmp_path, state):
+    with ck.Checkpointer(tmp_path) as c:
+        c.save(2, state)
+        c.save(4, state)
+    _damage(str(tmp_path / "4"), "overwritten")
+    with ck.Checkpointer(tmp_path) as c:
+        assert c.restore_latest(abstract_like(state))[0] == 2
+        assert c.save(4, _other(state))
+    assert (tmp_path / "4.damaged").is_dir()  # kept, never deleted
+    with ck.Checkpointer(tmp_path, read_only=True) as c:
+        step, restored, _ = c.restore_latest(abstract_like(state))
+        assert step == 4 and c.verified(4) and c.all_steps() == [2, 4]
+    _assert_tree_equal(restored, _other(state))
+
+
+def test_read_only_creates_removes_and_writes_nothing(tmp_path, state):
+    with ck.Checkpointer(tmp_path / "absent", read_only=True) as c:
+        assert c.all_steps() == []
+    assert not (tmp_path / "absent").exists()
+    with ck.Checkpointer(tmp_path) as c:
+        c.save(1, state)
+    (tmp_path / "5.orbax-checkpoint-tmp-99").mkdir()  # a save in flight of a training run
+    before = _listing(tmp_path)
+    with ck.Checkpointer(tmp_path, read_only=True) as c:
+        c.restore(None, abstract_like(state))
+        with pytest.raises(ck.CheckpointError, match="read-only"):
+            c.save(2, state)
+    assert (tmp_path / "5.orbax-checkpoint-tmp-99").is_dir()
+    assert _listing(tmp_path) == before

@@ -1,8 +1,13 @@
 """The stage loop every training stage shares: exact resume, SIGTERM, non-finite stop, config
 mismatch. A toy model keeps it fast; the loop does not know what it trains."""
 
+import json
 import os
+import random
 import signal
+import subprocess
+import sys
+import time
 
 import flax
 import jax
@@ -11,6 +16,8 @@ import numpy as np
 import pytest
 
 from mirrorgan_jax import checkpoints, loop
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @flax.struct.dataclass
@@ -147,3 +154,68 @@ def test_config_mismatch_is_refused(tmp_path):
     ckpt = checkpoints.Checkpointer(str(tmp_path / "checkpoints"))
     assert ckpt.all_steps() == [2]  # nothing overwritten
     ckpt.close()
+
+
+def _steps_logged(stage_dir):
+    """The steps of the loss rows of metrics.jsonl; no row (step and keys) appears twice."""
+    with open(os.path.join(stage_dir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    keys = [(r["step"], tuple(sorted(r))) for r in rows]
+    assert len(keys) == len(set(keys)), keys
+    return [r["step"] for r in rows if "loss" in r]
+
+
+def test_metrics_hold_each_step_once_after_resumes(tmp_path):
+    def fails_after(n):
+        def step_fn(state, batch, rng):
+            out = _step(state, batch, rng)
+            if int(out[0].step) == n:
+                raise RuntimeError("stopped")  # after logging n - 1 and checkpointing at 4
+            return out
+
+        return step_fn
+
+    spec = dict(every=4)
+    with pytest.raises(RuntimeError):
+        _run(tmp_path, 12, step_fn=fails_after(7), **spec)  # logs 2, 4, 6; checkpoint 4
+    with pytest.raises(RuntimeError):
+        _run(tmp_path, 12, step_fn=fails_after(11), **spec)  # resumes at 4; 6 again, 8, 10
+    _run(tmp_path, 12, **spec)  # resumes at 8
+    assert _steps_logged(tmp_path) == [2, 4, 6, 8, 10, 12]
+
+
+_WORKER = """
+import sys, time
+sys.path.insert(0, {root!r})
+from tests import test_loop as t
+def slow(state, batch, rng):
+    time.sleep(0.05)
+    return t._step(state, batch, rng)
+t._run({path!r}, {total}, step_fn=slow, every=1)
+"""
+
+
+def test_kill_9_resumes_from_the_last_good_step_with_the_same_result(tmp_path):
+    """Killed (SIGKILL) at a random moment of a run that checkpoints every step, so most
+    likely during a save: the resumed run ends where an uninterrupted one does."""
+    total, work = 24, tmp_path / "killed"
+    code = _WORKER.format(root=ROOT, path=str(work), total=total)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not (work / "checkpoints" / "3").is_dir():
+            time.sleep(0.05)
+        time.sleep(random.uniform(0.0, 0.5))
+        assert proc.poll() is None, "the run ended before it was killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    resumed, last = _run(work, total)
+    full, _ = _run(tmp_path / "uninterrupted", total)
+    assert last == total
+    np.testing.assert_array_equal(np.asarray(full.w), np.asarray(resumed.w))
+    assert _steps_logged(work) == list(range(2, total + 1, 2))
