@@ -5,7 +5,8 @@ stage is skipped when its final checkpoint exists and resumed when a partial one
 training drivers here build networks, data and state, then hand them to `loop.run_stage`; the
 other modes live in their own modules (`data.prepare`, `torch_import.import_all`,
 `evaluation.evaluate`, `sample`), which only this module imports. What the drivers read and
-write is the workdir contract of `workdir.py`.
+write is the workdir contract of `workdir.py`: every mode first checks the workdir (reading
+only), and only a training mode then writes W/config.json.
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ def run(mode: str, config, workdir: str, sample_args: dict | None = None) -> Non
     unknown = [m for m in modes if m not in drivers]
     if unknown:
         raise ValueError(f"unknown mode {unknown[0]!r}; expected one of {(*drivers, 'all')}")
-    wd.write_config(config, workdir)
+    wd.check(config, workdir, modes)
+    if mode in wd.TRAINING_MODES:
+        wd.write_config(config, workdir)
     for m in modes:
         logging.info("==== stage %s ====", m)
         drivers[m]()
@@ -179,6 +182,7 @@ def _pretrain(
     stage_config = config[stage]
     batch_size = stage_config.batch_size
     mesh = parallel.make_mesh()
+    wd.keep_tokenizer(config, workdir)
     nets, tok = wd.load_networks(config, workdir)
     spe = _steps_per_epoch(config, workdir, batch_size)
     total = steps_for(stage_config, spe * batch_size)
@@ -347,6 +351,7 @@ def _imagenet_resnet(path: str, state) -> dict:
 def run_gan(config, workdir: str):
     """MirrorGAN training with frozen STEM and STREAM."""
     mesh = parallel.make_mesh()
+    wd.keep_tokenizer(config, workdir)
     nets, tok = wd.load_networks(config, workdir)
     spe = _steps_per_epoch(config, workdir, config.train.batch_size)
     total = steps_for(config.train, spe * config.train.batch_size)
@@ -364,6 +369,7 @@ def run_gan(config, workdir: str):
         return parallel.replicate(mesh, state)
 
     captions, tokens, lengths = wd.fixed_captions(config, workdir, tok)
+    wd.write_captions(workdir, captions)
     sample_rng = jax.random.key(100)
     generate = jax.jit(lambda v, t, ln, r: gan.generate(nets, v, frozen, t, ln, r))
     image_dir = os.path.join(wd.stage_dir(workdir, "gan"), "images")

@@ -40,20 +40,28 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-__all__ = ["UnsafeFileError", "load_pickle", "load_state_dict"]
+from mirrorgan_jax import errors
+
+__all__ = ["CorruptFileError", "UnsafeFileError", "load_pickle", "load_state_dict"]
 
 
-class UnsafeFileError(ValueError):
+class UnsafeFileError(errors.Error, ValueError):
     """A data or weight file asked for something that could run code; it was not loaded."""
 
     def __init__(self, path: os.PathLike | str, refused: str, detail: str = ""):
         self.path = os.fspath(path)
         self.refused = refused
-        message = (
-            f"{self.path}: refused to load: the file needs {refused!r}, which is not on the "
-            "allowlist of plain data types (it could run code). Nothing from the file was used."
+        super().__init__(
+            "refused to load a file that could run code",
+            self.path,
+            f"it needs {refused!r}, which is not on the allowlist of plain data types"
+            + (f" {detail}" if detail else "")
+            + "; nothing from the file was used. Use a file of plain arrays (.npz) or data",
         )
-        super().__init__(message + (f" {detail}" if detail else ""))
+
+
+class CorruptFileError(errors.Error, ValueError):
+    """A data or weight file is not a readable file of the kind it should be (names the file)."""
 
 
 class _Refused(Exception):
@@ -248,15 +256,15 @@ def _array_value(proxy: _ArrayProxy) -> np.ndarray:
 
 
 def _guarded(path: str, fn: Callable[[], Any]) -> Any:
-    """Run `fn`; refusals become `UnsafeFileError`, any other failure a `ValueError`."""
+    """Run `fn`; refusals become `UnsafeFileError`, any other failure a `CorruptFileError`."""
     try:
         return fn()
     except _Refused as e:
         raise UnsafeFileError(path, e.refused, e.detail) from None
-    except (UnsafeFileError, FileNotFoundError):
+    except (UnsafeFileError, CorruptFileError, FileNotFoundError):
         raise
     except Exception as e:  # malformed input of any kind: say which file
-        raise ValueError(
+        raise CorruptFileError(
             f"{path}: not a readable file of this kind ({type(e).__name__}: {e})"
         ) from None
 
@@ -270,7 +278,8 @@ def load_pickle(path: os.PathLike | str) -> Any:
     """Load a plain-data pickle (any protocol, Python 2 or 3) without running code.
 
     Raises `UnsafeFileError` (naming the file and the global) for anything beyond plain data and
-    plain numpy arrays, `ValueError` for a file that is not a pickle, `FileNotFoundError` if absent.
+    plain numpy arrays, `CorruptFileError` for a file that is not a pickle, `FileNotFoundError` if
+    absent.
     """
     with open(path, "rb") as f:
         return _load_plain(os.fspath(path), f)
@@ -399,7 +408,9 @@ def _tensor_to_array(ref: _TensorRef, storages: Mapping[str, np.ndarray]) -> np.
 def _storage_array(kind: _StorageType, raw: bytes, numel: int, big: bool, where: str):
     dtype = kind.dtype.newbyteorder(">") if big else kind.dtype
     if len(raw) < numel * dtype.itemsize:
-        raise ValueError(f"{where}: storage has {len(raw)} bytes, {numel * dtype.itemsize} needed")
+        raise CorruptFileError(
+            f"{where}: storage has {len(raw)} bytes, {numel * dtype.itemsize} needed"
+        )
     return np.frombuffer(raw, dtype=dtype, count=numel)
 
 
@@ -407,7 +418,7 @@ def _read_torch_zip(path: str, zf: zipfile.ZipFile) -> Any:
     names = set(zf.namelist())
     pkls = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
     if len(pkls) != 1:
-        raise ValueError(
+        raise CorruptFileError(
             f"{path}: a PyTorch zip checkpoint has one '<name>/data.pkl'; found {pkls}"
         )
     prefix = pkls[0][: -len("data.pkl")]
@@ -418,7 +429,7 @@ def _read_torch_zip(path: str, zf: zipfile.ZipFile) -> Any:
     for key, st in unpickler.storages.items():
         record = f"{prefix}data/{key}"
         if record not in names:
-            raise ValueError(f"{path}: storage record {record!r} is missing")
+            raise CorruptFileError(f"{path}: storage record {record!r} is missing")
         storages[key] = _storage_array(st.kind, zf.read(record), st.numel, big, f"{path}:{record}")
     return _guarded(
         path, lambda: _replace(obj, _TensorRef, lambda r: _tensor_to_array(r, storages))
@@ -428,19 +439,23 @@ def _read_torch_zip(path: str, zf: zipfile.ZipFile) -> Any:
 def _read_torch_legacy(path: str, f) -> Any:
     header = [_load_plain(path, f, "utf-8") for _ in range(3)]  # magic, protocol, system info
     if header[0] != _TORCH_MAGIC or header[1] != _TORCH_LEGACY_PROTOCOL:
-        raise ValueError(f"{path}: not a PyTorch checkpoint (bad magic number or protocol version)")
+        raise CorruptFileError(
+            f"{path}: not a PyTorch checkpoint (bad magic number or protocol version)"
+        )
     big = isinstance(header[2], dict) and header[2].get("little_endian") is False
     unpickler = _TorchUnpickler(f)
     obj = _guarded(path, unpickler.load)
     keys = _load_plain(path, f, "utf-8")
     if not isinstance(keys, list) or set(keys) != set(unpickler.storages):
-        raise ValueError(f"{path}: the stored storages {keys!r:.80} do not match the tensors")
+        raise CorruptFileError(f"{path}: the stored storages {keys!r:.80} do not match the tensors")
     storages = {}
     for key in keys:  # each: int64 element count, then the raw bytes
         st = unpickler.storages[key]
         numel = int.from_bytes(f.read(8), "big" if big else "little")
         if numel != st.numel:
-            raise ValueError(f"{path}: storage {key!r} has {numel} elements, {st.numel} declared")
+            raise CorruptFileError(
+                f"{path}: storage {key!r} has {numel} elements, {st.numel} declared"
+            )
         raw = f.read(numel * st.kind.dtype.itemsize)
         storages[key] = _storage_array(st.kind, raw, numel, big, f"{path}: storage {key!r}")
     return _guarded(
@@ -456,7 +471,7 @@ def _torch_load(path: str, torch) -> Any:
         refused = found.group(1) if found else "a global outside torch's weights-only allowlist"
         raise UnsafeFileError(path, refused, "(refused by torch.load(weights_only=True))") from None
     except (RuntimeError, ValueError, EOFError, OSError) as e:
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({e})") from None
+        raise CorruptFileError(f"{path}: not a readable PyTorch checkpoint ({e})") from None
 
     def to_numpy(t):
         t = t.detach().cpu()
@@ -476,17 +491,17 @@ def _as_state_dict(obj: Any, path: str) -> dict[str, np.ndarray]:
             break
         obj = obj[inner[0]]
     if not isinstance(obj, Mapping):
-        raise ValueError(f"{path}: expected a state dict (name -> tensor), got {type(obj)}")
+        raise CorruptFileError(f"{path}: expected a state dict (name -> tensor), got {type(obj)}")
     out: dict[str, np.ndarray] = {}
     for key, value in obj.items():
         if not isinstance(key, str) or not isinstance(value, (np.ndarray, np.generic)):
-            raise ValueError(
+            raise CorruptFileError(
                 f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor; expected a "
                 f"flat state dict, optionally nested under one of {_NESTED_KEYS}"
             )
         name = key[len("module.") :] if key.startswith("module.") else key
         if name in out:
-            raise ValueError(f"{path}: {key!r} and another key both map to {name!r}")
+            raise CorruptFileError(f"{path}: {key!r} and another key both map to {name!r}")
         out[name] = np.asarray(value)
     return out
 
@@ -517,11 +532,11 @@ def load_state_dict(
             except ValueError as e:
                 if "allow_pickle" in str(e):
                     raise UnsafeFileError(path, "a numpy object array (pickle)") from None
-                raise ValueError(f"{path}: unreadable .npz ({e})") from None
+                raise CorruptFileError(f"{path}: unreadable .npz ({e})") from None
     else:
         with open(path, "rb") as f:
             if f.read(1) != b"\x80":
-                raise ValueError(
+                raise CorruptFileError(
                     f"{path}: not a weight file this project reads (expected .npz, or a PyTorch "
                     "checkpoint in zip or legacy pickle format)"
                 )

@@ -2,26 +2,35 @@
 
 Layout (other tools rely on it):
   W/config.json        the config of the run (a run with a different model config is refused)
+  W/tokenizer/         the tokenizer the run trains with, copied from the prepared data when a
+                       training stage starts, so that sampling needs only the workdir
   W/data/              prepared tfds shards + tokenizer (unless config.data.data_dir is set)
   W/damsm/ W/stream/ W/gan/   each: checkpoints/ (Orbax), metrics.jsonl, TensorBoard events;
                        damsm/ and stream/ also eval.json (the test report of the final step),
-                       gan/images/ the sample grids written during training
+                       gan/images/ the sample grids written during training, gan/captions.txt
+                       their captions (the default captions of --mode=sample)
   W/eval/metrics.json  W/eval/shapes_classifier.npz (shapes)  W/eval/fid_reference_<split>.npz
   W/samples/           PNGs, attention maps, grid.png, index.html
 Every checkpoint's meta holds its stage's `model_fingerprint`; restoring one written for other
 networks is refused with the differing keys.
+
+Who writes what: `check` reads everything a mode will rely on before it starts, and writes
+nothing; config.json and W/tokenizer are written only by the training modes, after `check`;
+`eval` and `sample` write only W/eval and their output folder, and open checkpoints read-only,
+so they can read a workdir a run is training in.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mirrorgan_jax import checkpoints, hyperparameters, networks, parallel
+from mirrorgan_jax import checkpoints, configuration, errors, hyperparameters, networks, parallel
 from mirrorgan_jax.data import input_pipeline, tokenizers
 from mirrorgan_jax.train import damsm, gan, stream
 from mirrorgan_jax.train.state import GanState
@@ -48,12 +57,33 @@ _STAGE_FIELDS = {
 }
 
 
+# The stages whose checkpoints each mode resumes or reads.
+_STAGES_OF_MODE = {
+    "all": ("damsm", "stream", "gan"),
+    "pretrain_damsm": ("damsm",),
+    "pretrain_stream": ("stream",),
+    "train": ("damsm", "stream", "gan"),
+    "eval": ("damsm", "gan"),
+    "sample": ("damsm", "gan"),
+}
+TRAINING_MODES = ("all", "pretrain_damsm", "pretrain_stream", "train")
+CAPTIONS_FILE = "captions.txt"
+
+
+class WorkdirError(errors.Error, ValueError):
+    """A file of the workdir is unreadable, or the workdir lacks what a mode needs."""
+
+
 def data_dir(config, workdir: str) -> str:
     return config.data.data_dir or os.path.join(workdir, "data")
 
 
 def stage_dir(workdir: str, stage: str) -> str:
     return os.path.join(workdir, stage)
+
+
+def checkpoint_dir(workdir: str, stage: str) -> str:
+    return os.path.join(stage_dir(workdir, stage), "checkpoints")
 
 
 def model_fingerprint(config, stage: str = "gan") -> dict:
@@ -65,23 +95,86 @@ def model_fingerprint(config, stage: str = "gan") -> dict:
     return model if fields is None else {k: model[k] for k in fields}
 
 
+def read_config(workdir: str) -> dict | None:
+    """W/config.json, or None when there is none."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+        if not isinstance(saved, dict):
+            raise ValueError(f"a JSON {type(saved).__name__}, not an object")
+        return saved
+    except (OSError, ValueError) as e:
+        raise WorkdirError(
+            "unreadable config.json",
+            path,
+            f"{errors.one_line(str(e))}; restore it from a copy, or move it away (the "
+            "checkpoints still check the model config on their own)",
+        ) from None
+
+
+def check_config(config, workdir: str) -> None:
+    """Refuses a workdir whose W/config.json holds another model config; writes nothing."""
+    saved = read_config(workdir)
+    if saved is None:
+        return
+    current = json.loads(config.model.to_json())
+    diffs = checkpoints.config_differences(
+        {"model": saved.get("model", {})}, {"model": current}, ("saved", "now")
+    )
+    if diffs:
+        raise checkpoints.ConfigMismatchError(
+            "the workdir was written by a run with a different model config",
+            os.path.join(workdir, "config.json"),
+            "; ".join(diffs) + ". Use another --workdir, or the config it was written with",
+        )
+
+
+def check(config, workdir: str, modes) -> None:
+    """Every check a run of `modes` can make before it starts; reads, never writes: the saved
+    config, the model config of each stage's newest readable checkpoint, the files the config
+    names."""
+    check_config(config, workdir)
+    stages = sorted({s for m in modes for s in _STAGES_OF_MODE.get(m, ())})
+    for stage in stages:
+        directory = checkpoint_dir(workdir, stage)
+        if not os.path.isdir(directory):
+            continue
+        ckpt = checkpoints.Checkpointer(directory, read_only=True)
+        try:
+            ckpt.check_meta({"model": model_fingerprint(config, stage)})
+        finally:
+            ckpt.close()
+    _check_named_files(config, modes)
+
+
+def _check_named_files(config, modes) -> None:
+    named = []
+    if {"all", "pretrain_stream"} & set(modes):
+        named.append(("stream.backbone_weights", config.stream.backbone_weights))
+    if {"all", "eval"} & set(modes):
+        named.append(("eval.inception_weights", config.eval.inception_weights))
+    if "import_torch" in modes:
+        for key, value in config.weights.items():
+            named += [(f"weights.{key}", f.strip()) for f in value.split(",")]
+    for key, path in named:
+        if path and not os.path.isfile(path):
+            raise configuration.ConfigError(
+                "file not found",
+                f"config.{key}={path}",
+                "give the path of an existing file (or '' for none)",
+            )
+
+
 def write_config(config, workdir: str) -> None:
-    """Writes W/config.json; refuses a workdir whose saved model config differs."""
+    """Writes W/config.json (training modes, once every check has passed); refuses a workdir
+    whose saved model config differs."""
+    check_config(config, workdir)
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, "config.json")
     current = json.loads(config.to_json())
-    if os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
-        diffs = checkpoints.config_differences(
-            {"model": saved.get("model", {})}, {"model": current["model"]}, ("saved", "now")
-        )
-        if diffs:
-            raise checkpoints.ConfigMismatchError(
-                f"{path} was written by a run with a different model config: "
-                + "; ".join(diffs)
-                + ". Use another --workdir or the same config."
-            )
     if jax.process_index() == 0:
         tmp = path + ".tmp"
         with open(tmp, "w") as f:
@@ -101,8 +194,32 @@ def write_json(path: str, payload: dict) -> None:
 # ---------------------------------------------------------------------------------- data
 
 
+def tokenizer_dir(workdir: str) -> str:
+    return os.path.join(workdir, "tokenizer")
+
+
 def load_tokenizer(config, workdir: str) -> tokenizers.Tokenizer:
+    """The workdir's own tokenizer (W/tokenizer), or the prepared data's for a workdir that
+    has none yet."""
+    own = tokenizer_dir(workdir)
+    if os.path.isdir(own):
+        return tokenizers.load_tokenizer(own)
     return tokenizers.load_tokenizer(os.path.join(data_dir(config, workdir), "tokenizer"))
+
+
+def keep_tokenizer(config, workdir: str) -> None:
+    """A training stage starts: the prepared data's tokenizer becomes the workdir's own
+    (W/tokenizer), unless it has one, which is then used from here on."""
+    own = tokenizer_dir(workdir)
+    if os.path.isdir(own) or jax.process_index() != 0:
+        return
+    source = os.path.join(data_dir(config, workdir), "tokenizer")
+    tokenizers.load_tokenizer(source)  # there and readable
+    tmp = own + ".tmp"
+    if os.path.isdir(tmp):  # left by a run killed while copying
+        shutil.rmtree(tmp)
+    shutil.copytree(source, tmp)
+    os.replace(tmp, own)
 
 
 def load_networks(config, workdir: str) -> tuple[networks.Networks, tokenizers.Tokenizer]:
@@ -156,13 +273,40 @@ def eval_batches(
 
 
 def fixed_captions(config, workdir, tok, n: int = 8) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """The first n test captions, tokenised: those of the GAN stage's image summaries and the
-    default of `--mode=sample`."""
+    """The first n test captions, tokenised: those of the GAN stage's image summaries (kept in
+    W/gan/captions.txt) and the default of `--mode=sample`."""
     captions = input_pipeline.load_captions(data_dir(config, workdir), config.data.name, "test")[:n]
     tokens, lengths = tok.encode_batch(
         captions, config.data.words_num, None, long_caption="truncate"
     )
     return captions, np.asarray(tokens), np.asarray(lengths)
+
+
+def write_captions(workdir: str, captions: list[str]) -> None:
+    """W/gan/captions.txt: the captions of the GAN stage's image summaries."""
+    if jax.process_index() != 0:
+        return
+    path = os.path.join(stage_dir(workdir, "gan"), CAPTIONS_FILE)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("".join(" ".join(c.split()) + "\n" for c in captions))
+
+
+def default_captions(config, workdir: str) -> list[str]:
+    """The captions `--mode=sample` draws when given none: W/gan/captions.txt, or for a workdir
+    without it the prepared data's first test captions."""
+    path = os.path.join(stage_dir(workdir, "gan"), CAPTIONS_FILE)
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            return [line.strip() for line in f if line.strip()]
+    try:
+        return fixed_captions(config, workdir, load_tokenizer(config, workdir))[0]
+    except (input_pipeline.PreparedDataError, tokenizers.TokenizerError):
+        raise WorkdirError(
+            "no captions to draw",
+            f"{path}, or the prepared data's test captions",
+            "pass --text='...' and/or --captions=FILE",
+        ) from None
 
 
 # ---------------------------------------------------------------------------------- states
@@ -215,19 +359,19 @@ LEGACY_LAYOUTS = {"gan": (_gan_before_train_states,)}
 
 
 def restore_final(workdir: str, stage: str, abstract, meta: dict, what: str):
-    """(state, step) of the latest checkpoint of a finished (or imported) stage, with a clear
-    error if there is none."""
-    directory = os.path.join(stage_dir(workdir, stage), "checkpoints")
-    ckpt = checkpoints.Checkpointer(directory, max_to_keep=None)
+    """(state, step) of the latest good checkpoint of a finished (or imported) stage (a damaged
+    newer step is skipped with a warning), with a clear error if there is none. Read-only."""
+    directory = checkpoint_dir(workdir, stage)
+    ckpt = checkpoints.Checkpointer(directory, read_only=True)
     try:
-        step = ckpt.latest_step()
-        if step is None:
-            raise FileNotFoundError(
-                f"no {what} checkpoint in {directory}: run {_PRODUCED_BY[stage]} "
-                "(or --mode=import_torch) first"
+        if not ckpt.all_steps():
+            raise checkpoints.CheckpointError(
+                f"no {what} checkpoint",
+                directory,
+                f"run {_PRODUCED_BY[stage]} (or --mode=import_torch) first",
             )
-        state, _ = ckpt.restore(
-            step, abstract, expected_meta=meta, legacy=LEGACY_LAYOUTS.get(stage, ())
+        step, state, _ = ckpt.restore_latest(
+            abstract, expected_meta=meta, legacy=LEGACY_LAYOUTS.get(stage, ())
         )
         return state, step
     finally:

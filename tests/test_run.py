@@ -1,12 +1,16 @@
 """`--mode=all` on the tiny shapes config: every stage runs, the workdir layout is the contract,
-a re-run skips finished stages, and sampling works from another device count."""
+a re-run skips finished stages, sampling works from the workdir alone and from another device
+count, and every bad input or damaged file met by a run over that workdir is refused at once in
+one line, leaving the workdir as it was (the command line's own refusals: test_main.py)."""
 
 import json
 import os
+import pickle
 import shutil
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -15,27 +19,45 @@ import pytest
 from configs import shapes
 from mirrorgan_jax import run, sample
 from mirrorgan_jax.train import damsm, stream
+from tests import cli
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = cli.ROOT
+CONFIG = "--config=configs/shapes.py:test"
+
+
+def _data(workdir) -> str:
+    """The prepared data of the fixture's run, kept outside its workdir."""
+    return os.path.join(os.path.dirname(workdir), "data")
+
+
+def _config(workdir):
+    config = shapes.get_config("test")
+    config.data.data_dir = _data(workdir)
+    return config
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    w = str(tmp_path_factory.mktemp("run"))
-    config = shapes.get_config("test")
-    run.run("all", config, w, sample_args=dict(text=["a big red circle on the left"]))
+    w = str(tmp_path_factory.mktemp("run") / "w")
+    run.run("all", _config(w), w, sample_args=dict(text=["a big red circle on the left"]))
     return w
 
 
 def test_workdir_layout(workdir):
     for path in (
         "config.json",
-        "data/prepare_report.json",
+        "tokenizer/tokenizer.json",
+        "gan/captions.txt",
         "eval/metrics.json",
         "samples/index.html",
         "samples/grid.png",
     ):
         assert os.path.isfile(os.path.join(workdir, path)), path
+    assert os.path.isfile(os.path.join(_data(workdir), "prepare_report.json"))
+    assert not os.path.exists(os.path.join(workdir, "data"))
+    for stage in ("damsm", "stream", "gan"):
+        for step in ("2", "4"):
+            assert os.path.isfile(os.path.join(workdir, stage, "checkpoints", step, "digest.json"))
     for stage in ("damsm", "stream", "gan"):
         d = os.path.join(workdir, stage)
         assert os.listdir(os.path.join(d, "checkpoints")), stage
@@ -60,7 +82,7 @@ def test_eval_metrics(workdir):
 
 def test_rerun_skips_finished_stages(workdir):
     before = sorted(os.listdir(os.path.join(workdir, "gan", "checkpoints")))
-    run.run("train", shapes.get_config("test"), workdir)
+    run.run("train", _config(workdir), workdir)
     assert sorted(os.listdir(os.path.join(workdir, "gan", "checkpoints"))) == before
 
 
@@ -76,41 +98,54 @@ def test_rerun_reuses_the_pretraining_reports(workdir, monkeypatch):
 
     monkeypatch.setattr(damsm, "retrieval_accuracy", evaluated_again)
     monkeypatch.setattr(stream, "evaluate", evaluated_again)
-    run.run("pretrain_damsm", shapes.get_config("test"), workdir)
-    run.run("pretrain_stream", shapes.get_config("test"), workdir)
+    run.run("pretrain_damsm", _config(workdir), workdir)
+    run.run("pretrain_stream", _config(workdir), workdir)
     for stage, report in reports.items():
         with open(os.path.join(workdir, stage, "eval.json")) as f:
             assert json.load(f) == report, stage
 
 
-def test_sample_on_one_device_after_training_on_eight(workdir, tmp_path):
+def test_sample_on_one_device_from_the_workdir_alone(workdir, tmp_path):
+    """Trained on 8 devices, sampled on 1 with only --config and --workdir (the data is
+    elsewhere): a damaged newest generator step falls back to the one before with a warning,
+    an unknown word and a long caption are reported, progress shows, and the workdir is read
+    only (a save in flight of a training run is left alone)."""
+    w = shutil.copytree(workdir, tmp_path / "w")
+    newest = w / "gan" / "checkpoints" / "4" / "state"
+    data_file = max((p for p in newest.rglob("*") if p.parent.name == "d"), key=os.path.getsize)
+    with open(data_file, "r+b") as f:
+        f.truncate(os.path.getsize(data_file) // 2)
+    (w / "gan" / "checkpoints" / "9.orbax-checkpoint-tmp-123").mkdir()
+    before = cli.digest(w)
     captions = tmp_path / "captions.txt"
     captions.write_text("a small green square at the top\n\na big blue star\n")
+    long_caption = " ".join(["a big red circle"] * 60)  # 240 tokens
     out = tmp_path / "samples"
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mirrorgan_jax.main",
-            "--config=configs/shapes.py:test",
-            f"--workdir={workdir}",
-            "--mode=sample",
-            f"--captions={captions}",
-            "--text=a tiny flibbertigibbet",
-            "--num_samples=2",
-            f"--out={out}",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
+    r = cli.main(
+        CONFIG,
+        f"--workdir={w}",
+        "--mode=sample",
+        f"--captions={captions}",
+        "--text=a tiny flibbertigibbet",
+        f"--text={long_caption}",
+        "--num_samples=2",
+        f"--out={out}",
         timeout=300,
+        env=cli.ONE_DEVICE,
     )
     assert r.returncode == 0, r.stderr[-3000:]
+    assert f"checkpoint step 4 in {w}/gan/checkpoints is skipped" in r.stderr
+    assert "(generator step 2)" in r.stderr
     assert "flibbertigibbet" in r.stderr  # the unknown word is reported by name
+    assert "caption 4 'a big red circle a big red circle" in r.stderr
+    assert "has 240 tokens: the last 222 are dropped (data.words_num=18)" in r.stderr
+    assert "sample: 8 of 8 images" in r.stderr
+    assert (
+        cli.digest(w) == before
+        and (w / "gan" / "checkpoints" / "9.orbax-checkpoint-tmp-123").is_dir()
+    )
     files = set(os.listdir(out))
-    for i in range(3):
+    for i in range(4):
         for k in range(2):
             assert f"caption{i:03d}_sample{k:02d}_stage1_64px.png" in files
             assert f"caption{i:03d}_sample{k:02d}_attention.png" in files
@@ -131,10 +166,8 @@ def test_sampling_input_errors(workdir, tmp_path):
         sample.read_captions(str(tmp_path / "missing.txt"), [])
     fresh = tmp_path / "fresh"
     os.makedirs(fresh)
-    config = shapes.get_config("test")
-    config.data.data_dir = os.path.join(workdir, "data")
     with pytest.raises(sample.SamplingError, match="train first"):
-        sample.run(config, str(fresh), text=["a red circle"])
+        sample.run(_config(workdir), str(fresh), text=["a red circle"])
 
 
 def _free_port() -> int:
@@ -189,7 +222,7 @@ def test_two_processes_train_like_one(workdir, tmp_path):
             "--config=configs/shapes.py:test",
             f"--workdir={two}",
             "--mode=train",
-            f"--config.data.data_dir={os.path.join(workdir, 'data')}",
+            f"--config.data.data_dir={_data(workdir)}",
         ]
         procs.append(
             subprocess.Popen(
@@ -221,3 +254,209 @@ def test_two_processes_train_like_one(workdir, tmp_path):
         jax.tree_util.tree_leaves_with_path(ref), jax.tree.leaves(new), strict=True
     ):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5, err_msg=jax.tree_util.keystr(path))
+
+
+# ---------------------------------------------------------------------------------- refusals
+
+
+def _largest_data_file(step_dir):
+    files = [p for p in step_dir.rglob("*") if p.is_file() and p.parent.name == "d"]
+    return max(files, key=os.path.getsize)
+
+
+def _truncate(path, size=None):
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2 if size is None else size)
+
+
+class _Evil:
+    """Unpickling it runs os.system: the restricted loader must refuse it, never call it."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _another_width_in_config_json(workdir, tmp_path):
+    w = workdir
+    return (
+        w,
+        ["--mode=train", "--config.model.gf_dim=8"],
+        (
+            f"error: the workdir was written by a run with a different model config "
+            f"({w}/config.json): model.gf_dim: saved 4, now 8. Use another --workdir, or the "
+            "config it was written with"
+        ),
+    )
+
+
+def _another_width_without_config_json(workdir, tmp_path):
+    w = shutil.copytree(workdir, tmp_path / "w")
+    os.remove(w / "config.json")
+    return (
+        w,
+        ["--mode=train", "--config.model.gf_dim=24"],
+        (
+            f"error: checkpoint written for a different model config ({w}/gan/checkpoints step 4): "
+            "model.gf_dim: checkpoint 4, current 24. Use another workdir, or the config it was "
+            "written with"
+        ),
+    )
+
+
+def _broken_config_json(workdir, tmp_path):
+    w = shutil.copytree(workdir, tmp_path / "w")
+    (w / "config.json").write_text('{"model": {"gf_dim": 4,')
+    return (
+        w,
+        ["--mode=sample", "--text=a red circle"],
+        (
+            f"error: unreadable config.json ({w}/config.json): Expecting property name enclosed in "
+            "double quotes: line 1 column 26 (char 25); restore it from a copy, or move it away "
+            "(the checkpoints still check the model config on their own)"
+        ),
+    )
+
+
+def _no_generator_checkpoint(workdir, tmp_path):
+    w = shutil.copytree(workdir, tmp_path / "w")
+    shutil.rmtree(w / "gan" / "checkpoints")
+    (w / "gan" / "checkpoints").mkdir()
+    return (
+        w,
+        ["--mode=sample", "--text=a red circle"],
+        (
+            f"error: no generator checkpoint ({w}/gan/checkpoints): run --mode=train (or "
+            "--mode=import_torch) first"
+        ),
+    )
+
+
+def _every_generator_step_damaged(workdir, tmp_path):
+    w = shutil.copytree(workdir, tmp_path / "w")
+    for step in ("2", "4"):
+        _truncate(_largest_data_file(w / "gan" / "checkpoints" / step / "state"))
+    return (
+        w,
+        ["--mode=sample", "--text=a red circle"],
+        (f"error: no usable checkpoint ({w}/gan/checkpoints): every step is damaged (step 2: "),
+    )
+
+
+def _caption_without_a_known_piece(workdir, tmp_path):
+    return (
+        workdir,
+        ["--mode=sample", "--text=ŧŧŧ", f"--out={tmp_path / 'out'}"],
+        (
+            "error: caption 1 has no word or piece the tokenizer knows ('ŧŧŧ'): write it with "
+            "words of the training captions"
+        ),
+    )
+
+
+def _truncated_record_file(workdir, tmp_path):
+    data = shutil.copytree(_data(workdir), tmp_path / "data")
+    shard = data / "shapes" / "1.0.0" / "shapes-test.tfrecord-00000-of-00001"
+    _truncate(shard, 30000)
+    return (
+        workdir,
+        ["--mode=eval", f"--config.data.data_dir={data}"],
+        (f"error: a prepared data file is damaged ({shard}): truncated record at "),
+    )
+
+
+def _weight_file_that_runs_code(workdir, tmp_path):
+    w = tmp_path / "fresh"
+    w.mkdir()
+    marker, evil = tmp_path / "ran", tmp_path / "netG.pth"
+    evil.write_bytes(pickle.dumps(_Evil(marker), protocol=2))
+    return (
+        w,
+        ["--mode=import_torch", f"--config.weights.generator={evil}"],
+        (
+            f"error: refused to load a file that could run code ({evil}): it needs "
+            "'posix.system', which is not on the allowlist of plain data types; nothing from the "
+            "file was used. Use a file of plain arrays (.npz) or data"
+        ),
+    )
+
+
+REFUSALS = {
+    "another model width in config.json": _another_width_in_config_json,
+    "another model width, config.json gone": _another_width_without_config_json,
+    "a broken config.json": _broken_config_json,
+    "no generator checkpoint": _no_generator_checkpoint,
+    "every generator step damaged": _every_generator_step_damaged,
+    "a caption without a known piece": _caption_without_a_known_piece,
+    "a truncated record file": _truncated_record_file,
+    "a weight file that runs code": _weight_file_that_runs_code,
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_a_run_over_a_workdir_refuses_bad_input_in_one_line(case, workdir, tmp_path):
+    w, args, line = REFUSALS[case](workdir, tmp_path)
+    assert cli.refused([CONFIG, f"--workdir={w}", *args], w).startswith(line)
+    assert not (tmp_path / "ran").exists()
+
+
+def test_a_failure_inside_the_training_loop_ends_the_process(workdir, tmp_path):
+    """A damaged record file met by the training loop, after the checkpoint was restored and the
+    input pipeline started: one line naming the file, and the process ends (its tf.data
+    iterator and Orbax threads closed; before, it hung in the iterator's destructor)."""
+    w = shutil.copytree(workdir, tmp_path / "w")
+    data = shutil.copytree(_data(workdir), tmp_path / "data")
+    shard = data / "shapes" / "1.0.0" / "shapes-train.tfrecord-00000-of-00001"
+    _truncate(shard)
+    args = [f"--config.data.data_dir={data}", "--config.train.steps=6"]
+    r = cli.main(CONFIG, f"--workdir={w}", "--mode=train", *args, timeout=60)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "gan: resumed from step 4" in r.stderr and "Traceback" not in r.stderr
+    assert lines[-1].startswith(f"error: a prepared data file is damaged ({shard}): "), lines[-1]
+
+
+def test_sampling_while_a_run_trains_in_the_workdir(workdir, tmp_path):
+    """A run goes on training (saving every step, keeping two) while samples are drawn from its
+    workdir: both succeed, and the sampler never removes anything of the trainer's."""
+    w = shutil.copytree(workdir, tmp_path / "w")
+    trainer = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mirrorgan_jax.main",
+            CONFIG,
+            f"--workdir={w}",
+            "--mode=train",
+            f"--config.data.data_dir={_data(workdir)}",
+            "--config.train.steps=14",
+            "--config.train.checkpoint_every=1",
+            "--config.train.keep_checkpoints=2",
+            "--config.train.image_every=100",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    steps = []
+    try:
+        deadline = time.time() + 300
+        while not (w / "gan" / "checkpoints" / "5").exists() and trainer.poll() is None:
+            assert time.time() < deadline, "the trainer saved no step"
+            time.sleep(0.1)
+        while trainer.poll() is None or not steps:
+            config = shapes.get_config("test")
+            drawn = sample.run(config, str(w), text=["a big red circle"], out=str(tmp_path / "o"))
+            steps.append(drawn["step"])
+        log = trainer.communicate(timeout=300)[1]
+    finally:
+        if trainer.poll() is None:
+            trainer.kill()
+            trainer.wait()
+    assert trainer.returncode == 0, log[-3000:]
+    assert steps and all(4 <= s <= 14 for s in steps), steps
+    assert sorted(os.listdir(w / "gan" / "checkpoints")) == ["13", "14"]

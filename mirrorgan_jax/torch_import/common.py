@@ -14,8 +14,10 @@ from typing import Any, Iterator, Mapping
 import jax
 import numpy as np
 
+from mirrorgan_jax import errors
 
-class WeightMismatchError(ValueError):
+
+class WeightMismatchError(errors.Error, ValueError):
     """A checkpoint does not fit the configured model (key, shapes and what to change)."""
 
 

@@ -17,8 +17,9 @@ import os
 import jax
 from absl import logging
 
-from mirrorgan_jax import checkpoints, hyperparameters, parallel, safe_load
+from mirrorgan_jax import checkpoints, configuration, hyperparameters, parallel, safe_load
 from mirrorgan_jax import workdir as wd
+from mirrorgan_jax.data import tokenizers
 from mirrorgan_jax.networks import Networks
 from mirrorgan_jax.torch_import import common, damsm, gan, stream
 from mirrorgan_jax.train import damsm as damsm_train
@@ -55,7 +56,7 @@ def _file_or_fresh(path: str, convert, init, key, hint_key: str):
 def _n_words(config, workdir: str) -> int | None:
     try:
         return wd.load_tokenizer(config, workdir).vocab_size
-    except FileNotFoundError:
+    except tokenizers.TokenizerError:
         return None
 
 
@@ -63,9 +64,11 @@ def import_all(config, workdir: str) -> dict:
     """Converts every configured file, then writes the checkpoints. Returns what was written."""
     w = config.weights
     if not any([w.text_encoder, w.image_encoder, w.generator, w.caption_cnn, w.caption_rnn]):
-        raise ValueError(
-            "--mode=import_torch: no file given; set --config.weights.text_encoder / "
-            "image_encoder / generator / discriminators / caption_cnn / caption_rnn"
+        raise configuration.ConfigError(
+            "--mode=import_torch: no file given",
+            "config.weights",
+            "set --config.weights.text_encoder / image_encoder / generator / discriminators / "
+            "caption_cnn / caption_rnn",
         )
     nets = Networks.from_config(config, n_words=config.model.n_words or _n_words(config, workdir))
     rng = jax.random.key(0)
@@ -109,9 +112,11 @@ def import_all(config, workdir: str) -> dict:
         )
         d_files = [f.strip() for f in w.discriminators.split(",") if f.strip()]
         if d_files and len(d_files) != len(nets.image_sizes):
-            raise ValueError(
-                f"config.weights.discriminators lists {len(d_files)} files but the model has "
-                f"{len(nets.image_sizes)} stages ({nets.image_sizes}); give one per stage"
+            raise configuration.ConfigError(
+                f"the model has {len(nets.image_sizes)} stages ({nets.image_sizes}), the "
+                f"discriminators {len(d_files)} files",
+                f"config.weights.discriminators={w.discriminators}",
+                "give one file per stage",
             )
         ds = [
             _file_or_fresh(
@@ -128,9 +133,10 @@ def import_all(config, workdir: str) -> dict:
     for name in states:
         directory = os.path.join(wd.stage_dir(workdir, name), "checkpoints")
         if os.path.isdir(directory) and os.listdir(directory):
-            raise FileExistsError(
-                f"{directory} already holds checkpoints; refusing to overwrite them "
-                "(use another --workdir)"
+            raise wd.WorkdirError(
+                "the workdir already holds checkpoints of this stage, refusing to overwrite them",
+                directory,
+                "use another --workdir",
             )
     wd.write_config(config, workdir)
     mesh = parallel.make_mesh()

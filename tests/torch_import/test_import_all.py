@@ -131,7 +131,7 @@ def test_restored_networks_reproduce_the_fixtures(imported):
 def test_existing_checkpoints_are_not_overwritten(imported, weight_files):
     config, workdir = imported
     before = os.listdir(os.path.join(workdir, "gan", "checkpoints"))
-    with pytest.raises(FileExistsError, match="refusing to overwrite"):
+    with pytest.raises(wd.WorkdirError, match="refusing to overwrite"):
         import_torch.import_all(configured(weight_files), workdir)
     assert os.listdir(os.path.join(workdir, "gan", "checkpoints")) == before
 
