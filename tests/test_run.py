@@ -164,6 +164,10 @@ def test_sampling_input_errors(workdir, tmp_path):
         sample.read_captions(None, [])
     with pytest.raises(sample.SamplingError, match="no such file"):
         sample.read_captions(str(tmp_path / "missing.txt"), [])
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("a red circle\na caf\xe9 square\n".encode("latin-1"))
+    with pytest.raises(sample.SamplingError, match=r"not UTF-8 text .*byte 18 \(line 2\)"):
+        sample.read_captions(str(latin1), [])
     fresh = tmp_path / "fresh"
     os.makedirs(fresh)
     with pytest.raises(sample.SamplingError, match="train first"):

@@ -32,6 +32,8 @@ from mirrorgan_jax.models.inception import make_fid_inception_fn
 from mirrorgan_jax.torch_import.fid_inception import load_fid_inception
 from mirrorgan_jax.train import damsm, gan
 
+_PROGRESS_EVERY_S = 10.0
+
 
 def _eval_batches(config, workdir, tok, split, captions, seed):
     ev = config.eval
@@ -93,6 +95,7 @@ class Evaluator:
         rng_np = np.random.default_rng(seed)
         ranks, done, passes = [], 0, 0
         base = jax.random.key(seed)
+        last_report = 0.0  # the first batch is reported, then one line every few seconds
         while done < num_images:
             for batch in _eval_batches(
                 self.config, self.workdir, self.tok, split, "random", seed + passes
@@ -120,6 +123,9 @@ class Evaluator:
                 if extra is not None:
                     extra.update(np.asarray(images)[take], batch, take)
                 done += int(take.sum())
+                if time.time() - last_report >= _PROGRESS_EVERY_S:
+                    logging.info("eval %s: %d of %d images", split, done, num_images)
+                    last_report = time.time()
             passes += 1
         ranks = np.concatenate(ranks)
         result = {

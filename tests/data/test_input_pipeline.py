@@ -1,13 +1,15 @@
 """tf.data pipeline over a tiny prepared shapes set, and the prepare entry point."""
 
 import json
+import logging
+import os
 
 import numpy as np
 import pytest
 
 from configs import shapes as shapes_config
 from mirrorgan_jax.data import input_pipeline as ip
-from mirrorgan_jax.data import prepare, schema, shapes
+from mirrorgan_jax.data import prepare, schema, shapes, tokenizers
 
 SIZES = (32, 64)
 BATCH = 8  # 24 train examples: 3 steps per epoch
@@ -256,15 +258,40 @@ def test_prepare_rejects_unknown_names(tmp_path):
         prepare.load_prepared(config, tmp_path)
 
 
-def test_prepare_and_read_cub_through_the_builder_interface(tmp_path):
+def tok_words(caption):
+    return tokenizers.attngan_words(caption)
+
+
+def test_prepare_and_read_cub_through_the_builder_interface(tmp_path, caplog):
     from configs import cub as cub_config
     from tests.data import fake_layouts
 
     fake = fake_layouts.make_cub(str(tmp_path / "birds"))
     config = cub_config.get_config()
     config.data.manual_dir = fake.root
-    report = prepare.prepare(config, tmp_path / "work")
+    config.data.words_num = 6
+    key = fake.keys["test"][0]
+    caption_file = os.path.join(fake.root, "text", key + ".txt")
+    with open(caption_file, "rb") as f:
+        lines = f.read().split(b"\n")
+    lines[3] = lines[3] + b" \xff\xfe"  # not UTF-8
+    with open(caption_file, "wb") as f:
+        f.write(b"\n".join(lines))
+    with caplog.at_level(logging.INFO):
+        report = prepare.prepare(config, tmp_path / "work")
     assert report["splits"] == dict(train=3, test=2) and report["tokenizer"] == "attngan"
+    # the file that is not UTF-8, in the report and on the console
+    assert report["invalid_utf8"] == [{"file": caption_file, "line": 4, "replaced": 2}]
+    messages = [r.getMessage() for r in caplog.records]
+    assert f"{caption_file}: not valid UTF-8 from line 4 on; 2 byte sequence(s) read as U+FFFD" in (
+        messages
+    )
+    # captions longer than data.words_num: counted, the longest listed with their token count
+    long = report["long_captions"]
+    every = [c for k in fake.keys["train"] + fake.keys["test"] for c in fake.captions[k]]
+    assert long["words_num"] == 6 and long["count"] == sum(len(tok_words(c)) > 6 for c in every)
+    assert long["longest"][0]["tokens"] == max(len(tok_words(c)) for c in every)
+    assert any("have more than data.words_num=6 tokens" in m for m in messages)
     data_dir, tok = prepare.load_prepared(config, tmp_path / "work")
     official = fake_layouts.captions_pickle(
         *[[fake.captions[k] for k in fake.keys[s]] for s in ("train", "test")]

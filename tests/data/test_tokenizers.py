@@ -86,6 +86,16 @@ def test_sentencepiece_unknown_words_and_empty(spm_tok):
             spm_tok.encode(text)
 
 
+def test_a_caption_of_only_unknown_pieces_has_nothing_known(spm_tok):
+    # "xq" spells as a word boundary and <unk>: nothing to condition on
+    assert not spm_tok.has_known_piece(spm_tok.encode("xq"))
+    assert not spm_tok.has_known_piece(spm_tok.encode("xq qx"))
+    assert spm_tok.has_known_piece(spm_tok.encode("xq bird"))
+    attngan = T.AttnGANTokenizer.from_captions(CAPTIONS)
+    assert attngan.has_known_piece(attngan.encode("a zebra"))
+    assert not attngan.has_known_piece(attngan.encode("zebra"))  # unknown words are dropped
+
+
 def test_sentencepiece_deterministic_save_load(spm_tok, tmp_path):
     again = T.build_tokenizer("sentencepiece", CAPTIONS, CAPTIONS, vocab_size=0)
     assert again.model_proto == spm_tok.model_proto
