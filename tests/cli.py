@@ -32,10 +32,12 @@ def main(*args: str, timeout: float = 120, env: dict | None = None, **kwargs):
 
 
 def digest(directory) -> str:
-    """One hash of every file's path and bytes under `directory`."""
+    """One hash of every folder's path and every file's path and bytes under `directory` (an
+    empty folder made, or one removed, changes it too)."""
     h = hashlib.sha256()
     for root, dirs, names in os.walk(directory):
         dirs.sort()
+        h.update(b"dir\0" + os.path.relpath(root, directory).encode() + b"\0")
         for name in sorted(names):
             path = os.path.join(root, name)
             h.update(os.path.relpath(path, directory).encode() + b"\0")

@@ -256,7 +256,8 @@ def _largest_array_file(step_dir):
     return max(files, key=os.path.getsize)
 
 
-def _damage(step_dir, how):
+def damage(step_dir: str, how: str) -> None:
+    """Damages a saved step as a disk or a person might (also used by test_run)."""
     if how == "truncated":
         path = _largest_array_file(step_dir)
         with open(path, "r+b") as f:
@@ -268,8 +269,10 @@ def _damage(step_dir, how):
         size = os.path.getsize(path)
         with open(path, "r+b") as f:
             f.seek(size // 4)
-            f.write(bytes(255 - b for b in f.read(min(4096, size // 2))))
-            assert os.path.getsize(path) == size
+            chunk = f.read(min(4096, size // 2))
+            f.seek(size // 4)
+            f.write(bytes(255 - b for b in chunk))
+        assert os.path.getsize(path) == size
     else:
         raise ValueError(how)
 
@@ -299,7 +302,7 @@ def test_a_damaged_newest_step_falls_back_to_the_previous_one(tmp_path, state, h
     with ck.Checkpointer(tmp_path) as c:
         c.save(2, state)
         c.save(4, newer)
-    _damage(str(tmp_path / "4"), how)
+    damage(str(tmp_path / "4"), how)
     before = _listing(tmp_path)
     reader = ck.Checkpointer(tmp_path, read_only=True)
     with caplog.at_level(logging.WARNING):
@@ -321,7 +324,7 @@ def test_without_a_digest_a_step_that_fails_to_load_still_falls_back(tmp_path, s
         c.save(4, _other(state))
     for step in (2, 4):
         os.remove(tmp_path / str(step) / ck.DIGEST_FILE)  # as written before digests
-    _damage(str(tmp_path / "4"), "no_metadata")
+    damage(str(tmp_path / "4"), "no_metadata")
     reader = ck.Checkpointer(tmp_path, read_only=True)
     step, restored, _ = reader.restore_latest(abstract_like(state))
     assert step == 2 and reader.skipped.keys() == {4}
@@ -332,8 +335,8 @@ def test_no_usable_step_names_the_folder_and_deletes_nothing(tmp_path, state):
     with ck.Checkpointer(tmp_path) as c:
         c.save(2, state)
         c.save(4, state)
-    _damage(str(tmp_path / "2"), "overwritten")
-    _damage(str(tmp_path / "4"), "truncated")
+    damage(str(tmp_path / "2"), "overwritten")
+    damage(str(tmp_path / "4"), "truncated")
     before = _listing(tmp_path)
     with pytest.raises(ck.CheckpointError, match=rf"no usable checkpoint \({tmp_path}\).*step 2"):
         ck.Checkpointer(tmp_path).restore(None, abstract_like(state))
@@ -344,7 +347,7 @@ def test_a_resumed_run_sets_the_damaged_step_aside_when_it_saves_it_again(tmp_pa
     with ck.Checkpointer(tmp_path) as c:
         c.save(2, state)
         c.save(4, state)
-    _damage(str(tmp_path / "4"), "overwritten")
+    damage(str(tmp_path / "4"), "overwritten")
     with ck.Checkpointer(tmp_path) as c:
         assert c.restore_latest(abstract_like(state))[0] == 2
         assert c.save(4, _other(state))

@@ -3,11 +3,16 @@ a re-run skips finished stages, sampling works from the workdir alone and from a
 count, and every bad input or damaged file met by a run over that workdir is refused at once in
 one line, leaving the workdir as it was (the command line's own refusals: test_main.py)."""
 
+import contextlib
 import json
+import logging
 import os
 import pickle
+import re
 import shutil
+import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -19,7 +24,7 @@ import pytest
 from configs import shapes
 from mirrorgan_jax import run, sample
 from mirrorgan_jax.train import damsm, stream
-from tests import cli
+from tests import cli, test_checkpoints
 
 ROOT = cli.ROOT
 CONFIG = "--config=configs/shapes.py:test"
@@ -36,10 +41,34 @@ def _config(workdir):
     return config
 
 
+class _Messages(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
+def run_log():
+    """The messages the fixture's run logged (INFO and above)."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, run_log):
     w = str(tmp_path_factory.mktemp("run") / "w")
-    run.run("all", _config(w), w, sample_args=dict(text=["a big red circle on the left"]))
+    handler, root = _Messages(), logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        run.run("all", _config(w), w, sample_args=dict(text=["a big red circle on the left"]))
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    run_log.extend(handler.messages)
     return w
 
 
@@ -70,8 +99,10 @@ def test_workdir_layout(workdir):
     )
 
 
-def test_eval_metrics(workdir):
+def test_eval_metrics(workdir, run_log):
     m = json.load(open(os.path.join(workdir, "eval", "metrics.json")))
+    # progress: the first batch of each split, then a line every few seconds
+    assert any(x.startswith("eval test: ") and x.endswith(" of 16 images") for x in run_log)
     assert m["checkpoint_step"] == 4 and m["wall_time_s"] > 0
     assert set(m["splits"]) == {"test", "test_novel"}
     for split, r in m["splits"].items():
@@ -105,11 +136,28 @@ def test_rerun_reuses_the_pretraining_reports(workdir, monkeypatch):
             assert json.load(f) == report, stage
 
 
+@contextlib.contextmanager
+def _read_only(directory):
+    """Every folder and file under `directory` without write permission, while inside. (root
+    writes anyway: the tests' digest of the workdir is what proves nothing was written.)"""
+    paths = [os.path.join(r, n) for r, dirs, files in os.walk(directory) for n in dirs + files]
+    paths.append(str(directory))
+    modes = {p: os.stat(p).st_mode for p in paths}
+    write = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
+    for p, mode in modes.items():
+        os.chmod(p, mode & ~write)
+    try:
+        yield
+    finally:
+        for p, mode in modes.items():
+            os.chmod(p, mode)
+
+
 def test_sample_on_one_device_from_the_workdir_alone(workdir, tmp_path):
     """Trained on 8 devices, sampled on 1 with only --config and --workdir (the data is
-    elsewhere): a damaged newest generator step falls back to the one before with a warning,
-    an unknown word and a long caption are reported, progress shows, and the workdir is read
-    only (a save in flight of a training run is left alone)."""
+    elsewhere) from a read-only workdir: a damaged newest generator step falls back to the one
+    before with a warning, an unknown word and a long caption are reported, progress shows, and
+    nothing in the workdir changes (a save in flight of a training run is left alone)."""
     w = shutil.copytree(workdir, tmp_path / "w")
     newest = w / "gan" / "checkpoints" / "4" / "state"
     data_file = max((p for p in newest.rglob("*") if p.parent.name == "d"), key=os.path.getsize)
@@ -121,18 +169,19 @@ def test_sample_on_one_device_from_the_workdir_alone(workdir, tmp_path):
     captions.write_text("a small green square at the top\n\na big blue star\n")
     long_caption = " ".join(["a big red circle"] * 60)  # 240 tokens
     out = tmp_path / "samples"
-    r = cli.main(
-        CONFIG,
-        f"--workdir={w}",
-        "--mode=sample",
-        f"--captions={captions}",
-        "--text=a tiny flibbertigibbet",
-        f"--text={long_caption}",
-        "--num_samples=2",
-        f"--out={out}",
-        timeout=300,
-        env=cli.ONE_DEVICE,
-    )
+    with _read_only(w):
+        r = cli.main(
+            CONFIG,
+            f"--workdir={w}",
+            "--mode=sample",
+            f"--captions={captions}",
+            "--text=a tiny flibbertigibbet",
+            f"--text={long_caption}",
+            "--num_samples=2",
+            f"--out={out}",
+            timeout=300,
+            env=cli.ONE_DEVICE,
+        )
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"checkpoint step 4 in {w}/gan/checkpoints is skipped" in r.stderr
     assert "(generator step 2)" in r.stderr
@@ -151,6 +200,31 @@ def test_sample_on_one_device_from_the_workdir_alone(workdir, tmp_path):
             assert f"caption{i:03d}_sample{k:02d}_attention.png" in files
     html = (out / "index.html").read_text()
     assert "a big blue star" in html and "grid.png" in files
+
+
+@pytest.mark.parametrize("how", ["no_metadata", "overwritten"])  # truncated: the test above
+def test_sampling_falls_back_from_a_damaged_newest_step(how, workdir, tmp_path):
+    """Its _METADATA deleted, or 4 KB of an array file overwritten in place (the same size):
+    the newest generator step is skipped with a warning naming it, the one before is used, and
+    nothing in the workdir changes."""
+    w = shutil.copytree(workdir, tmp_path / "w")
+    test_checkpoints.damage(str(w / "gan" / "checkpoints" / "4"), how)
+    before = cli.digest(w)
+    r = cli.main(
+        CONFIG,
+        f"--workdir={w}",
+        "--mode=sample",
+        "--text=a big red circle",
+        "--num_samples=1",
+        f"--out={tmp_path / 'out'}",
+        timeout=120,
+        env=cli.ONE_DEVICE,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    warned = [x for x in r.stderr.splitlines() if "is skipped" in x]
+    assert len(warned) == 1 and f"checkpoint step 4 in {w}/gan/checkpoints" in warned[0], warned
+    assert "(generator step 2)" in r.stderr
+    assert cli.digest(w) == before
 
 
 def test_sampling_input_errors(workdir, tmp_path):
@@ -312,14 +386,32 @@ def _another_width_without_config_json(workdir, tmp_path):
 
 def _broken_config_json(workdir, tmp_path):
     w = shutil.copytree(workdir, tmp_path / "w")
-    (w / "config.json").write_text('{"model": {"gf_dim": 4,')
+    broken = '{"model": {"gf_dim": 4,'
+    (w / "config.json").write_text(broken)
+    with pytest.raises(json.JSONDecodeError) as decoding:
+        json.loads(broken)
     return (
         w,
         ["--mode=sample", "--text=a red circle"],
         (
-            f"error: unreadable config.json ({w}/config.json): Expecting property name enclosed in "
-            "double quotes: line 1 column 26 (char 25); restore it from a copy, or move it away "
-            "(the checkpoints still check the model config on their own)"
+            f"error: unreadable config.json ({w}/config.json): {decoding.value}; restore it from "
+            "a copy, or move it away (the checkpoints still check the model config on their own)"
+        ),
+    )
+
+
+def _a_batch_the_devices_do_not_split(workdir, tmp_path):
+    # Before, this restored the checkpoint, failed in shard_batch and then hung for good.
+    return (
+        workdir,
+        [
+            "--mode=train",
+            "--config.train.batch_size=12",
+            f"--config.data.data_dir={_data(workdir)}",
+        ],
+        (
+            "error: the global batch does not split over the 8 devices "
+            "(config.train.batch_size=12): use a multiple of 8"
         ),
     )
 
@@ -345,7 +437,7 @@ def _every_generator_step_damaged(workdir, tmp_path):
     return (
         w,
         ["--mode=sample", "--text=a red circle"],
-        (f"error: no usable checkpoint ({w}/gan/checkpoints): every step is damaged (step 2: "),
+        f"error: no usable checkpoint ({w}/gan/checkpoints): every step is damaged (step 2: ...",
     )
 
 
@@ -367,7 +459,7 @@ def _truncated_record_file(workdir, tmp_path):
     return (
         workdir,
         ["--mode=eval", f"--config.data.data_dir={data}"],
-        (f"error: a prepared data file is damaged ({shard}): truncated record at "),
+        f"error: a prepared data file is damaged ({shard}): truncated record at ...",
     )
 
 
@@ -378,7 +470,7 @@ def _weight_file_that_runs_code(workdir, tmp_path):
     evil.write_bytes(pickle.dumps(_Evil(marker), protocol=2))
     return (
         w,
-        ["--mode=import_torch", f"--config.weights.generator={evil}"],
+        ["--mode=import_torch", f"--config.weights.generator={evil}", "--config.model.n_words=40"],
         (
             f"error: refused to load a file that could run code ({evil}): it needs "
             "'posix.system', which is not on the allowlist of plain data types; nothing from the "
@@ -391,6 +483,7 @@ REFUSALS = {
     "another model width in config.json": _another_width_in_config_json,
     "another model width, config.json gone": _another_width_without_config_json,
     "a broken config.json": _broken_config_json,
+    "a batch the 8 devices do not split": _a_batch_the_devices_do_not_split,
     "no generator checkpoint": _no_generator_checkpoint,
     "every generator step damaged": _every_generator_step_damaged,
     "a caption without a known piece": _caption_without_a_known_piece,
@@ -401,8 +494,14 @@ REFUSALS = {
 
 @pytest.mark.parametrize("case", list(REFUSALS))
 def test_a_run_over_a_workdir_refuses_bad_input_in_one_line(case, workdir, tmp_path):
+    """The expected line, or its beginning where it ends in '...'."""
     w, args, line = REFUSALS[case](workdir, tmp_path)
-    assert cli.refused([CONFIG, f"--workdir={w}", *args], w).startswith(line)
+    got = cli.refused([CONFIG, f"--workdir={w}", *args], w)
+    if line.endswith("..."):
+        assert got.startswith(line[:-3]), got
+    else:
+        assert got == line
+    assert "pretrain_gan" not in got  # not a mode
     assert not (tmp_path / "ran").exists()
 
 
@@ -422,10 +521,12 @@ def test_a_failure_inside_the_training_loop_ends_the_process(workdir, tmp_path):
     assert lines[-1].startswith(f"error: a prepared data file is damaged ({shard}): "), lines[-1]
 
 
-def test_sampling_while_a_run_trains_in_the_workdir(workdir, tmp_path):
-    """A run goes on training (saving every step, keeping two) while samples are drawn from its
-    workdir: both succeed, and the sampler never removes anything of the trainer's."""
+def test_sampling_while_a_run_trains_in_the_workdir_then_sigterm(workdir, tmp_path):
+    """A run goes on training (saving every 3 steps, keeping two) while samples are drawn from
+    its workdir: both succeed and the sampler never removes anything of the trainer's. Then
+    SIGTERM: the run saves the step it is at and ends with 143, naming that step."""
     w = shutil.copytree(workdir, tmp_path / "w")
+    checkpoints = w / "gan" / "checkpoints"
     trainer = subprocess.Popen(
         [
             sys.executable,
@@ -435,10 +536,10 @@ def test_sampling_while_a_run_trains_in_the_workdir(workdir, tmp_path):
             f"--workdir={w}",
             "--mode=train",
             f"--config.data.data_dir={_data(workdir)}",
-            "--config.train.steps=14",
-            "--config.train.checkpoint_every=1",
+            "--config.train.steps=100000",
+            "--config.train.checkpoint_every=3",
             "--config.train.keep_checkpoints=2",
-            "--config.train.image_every=100",
+            "--config.train.image_every=100000",
         ],
         cwd=ROOT,
         env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"},
@@ -449,18 +550,31 @@ def test_sampling_while_a_run_trains_in_the_workdir(workdir, tmp_path):
     steps = []
     try:
         deadline = time.time() + 300
-        while not (w / "gan" / "checkpoints" / "5").exists() and trainer.poll() is None:
+        while not (checkpoints / "6").exists():
+            assert trainer.poll() is None, "the trainer ended early"
             assert time.time() < deadline, "the trainer saved no step"
             time.sleep(0.1)
-        while trainer.poll() is None or not steps:
+        while len(steps) < 3:
             config = shapes.get_config("test")
             drawn = sample.run(config, str(w), text=["a big red circle"], out=str(tmp_path / "o"))
             steps.append(drawn["step"])
-        log = trainer.communicate(timeout=300)[1]
+        assert trainer.poll() is None, "the trainer ended while samples were drawn"
+        trainer.send_signal(signal.SIGTERM)
+        log = trainer.communicate(timeout=120)[1]
     finally:
         if trainer.poll() is None:
             trainer.kill()
             trainer.wait()
-    assert trainer.returncode == 0, log[-3000:]
-    assert steps and all(4 <= s <= 14 for s in steps), steps
-    assert sorted(os.listdir(w / "gan" / "checkpoints")) == ["13", "14"]
+    assert trainer.returncode == 128 + signal.SIGTERM, log[-3000:]
+    last = log.strip().splitlines()[-1]
+    stopped = re.fullmatch(
+        rf"stopped: gan stage stopped by signal 15 at step (\d+) \({checkpoints}\): checkpoint "
+        "saved; the same command resumes from it",
+        last,
+    )
+    assert stopped, last
+    at = int(stopped.group(1))
+    saved = sorted(int(s) for s in os.listdir(checkpoints))
+    assert saved[-1] == at and len(saved) == 2, saved
+    assert (checkpoints / str(at) / "digest.json").is_file()
+    assert steps and all(6 <= s <= at and s % 3 == 0 for s in steps), steps
