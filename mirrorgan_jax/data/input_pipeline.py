@@ -128,7 +128,9 @@ def _read(ds, where: tuple) -> Iterator:
 def _tf_message(error: Exception) -> str:
     """A TensorFlow error's own sentence, without the op and function names around it."""
     text = errors.one_line(getattr(error, "message", str(error)))
-    return re.sub(r"\{\{[^}]*\}\}\s*", "", text).split(" [Op:")[0]
+    text = re.sub(r"\{\{[^}]*\}\}\s*", "", text).split(" [Op:")[0]
+    # the record reader's "truncated record at 123' failed with ...": its quote opens nowhere
+    return text.replace("' failed with ", ": ")
 
 
 def _damaged(data_dir, name: str, split: str, error: Exception) -> PreparedDataError:

@@ -225,6 +225,26 @@ def test_pipeline_errors(prepared, tmp_path):
         ip.create_dataset(ip.Source(p["data_dir"], "shapes", p["tok"], (64, 32), 12), "train", 4)
 
 
+def test_a_damaged_record_file_is_named(prepared, tmp_path):
+    """TensorFlow's DataLossError names no file; the error names the damaged one."""
+    import shutil
+
+    data_dir = shutil.copytree(prepared["data_dir"], tmp_path / "data")
+    shard = next(ip.find_builder_dir(data_dir, "shapes").glob("*-train.tfrecord*"))
+    size = shard.stat().st_size
+    with open(shard, "r+b") as f:
+        f.truncate(size // 2)
+    source = ip.Source(data_dir, "shapes", prepared["tok"], SIZES, 12)
+    with pytest.raises(ip.PreparedDataError) as refused:
+        _take(ip.create_dataset(source, "train", BATCH), 3)  # one epoch
+    assert str(refused.value).startswith(
+        f"a prepared data file is damaged ({shard}): truncated record at "
+    )
+    assert "' failed" not in str(refused.value) and "rebuild it: --mode=prepare" in str(
+        refused.value
+    )
+
+
 def test_prepare_never_overwrites_silently(tmp_path):
     config = _config(num_train=4, num_test=2, num_test_novel=2, image_size=16)
     first = prepare.prepare(config, tmp_path)
