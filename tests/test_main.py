@@ -2,6 +2,9 @@
 refused at once, in one line naming it, with status 2 and nothing written."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -161,3 +164,32 @@ def test_bad_config_values_name_the_key():
     configuration.validate(c, "sample", device_count=3)  # sampling splits no batch
     with pytest.raises(configuration.ConfigError, match=r"--seed=-1"):
         configuration.validate(c, "sample", seed=-1)
+
+
+_A_BUG = """
+import sys
+from absl import app
+from mirrorgan_jax import main, run
+
+def a_bug(*args, **kwargs):
+    raise RuntimeError("a bug, not a refused input")
+
+run.run = a_bug
+sys.argv = ["main", "--config=configs/shapes.py:test", "--workdir={workdir}", "--mode=train"]
+app.run(main.main, flags_parser=main._parse_flags)
+"""
+
+
+def test_a_bug_keeps_its_traceback_and_status_1(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-c", _A_BUG.format(workdir=tmp_path)],
+        cwd=cli.ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert r.returncode == 1, r.stderr[-3000:]
+    lines = r.stderr.strip().splitlines()
+    assert "Traceback" in r.stderr and lines[-1] == "RuntimeError: a bug, not a refused input"
+    assert not any(line.startswith("error:") for line in lines)
