@@ -244,10 +244,12 @@ class ShapesSemantics:
             # Classifiers saved before the geometry option were trained on the "small" one.
             trained_on = self.report.get("geometry", "small")
             if trained_on != geometry:
-                raise ValueError(
-                    f"{path} was trained on shapes geometry {trained_on!r}, but "
-                    f"config.data.shapes.geometry={geometry!r}: evaluate with the geometry the "
-                    "run was trained on, or move the file away to train a new classifier"
+                raise wd.WorkdirError(
+                    f"the shapes classifier was trained on geometry {trained_on!r}, the config "
+                    f"says config.data.shapes.geometry={geometry!r}",
+                    path,
+                    "evaluate with the geometry the run was trained on, or move the file away "
+                    "to train a new classifier",
                 )
         else:
             ev = config.eval
