@@ -42,6 +42,7 @@ def pack(tmp_path_factory):
         with checkpoints.Checkpointer(directory, async_save=False) as c:
             meta = {"model": wd.model_fingerprint(config, stage)}
             c.save(1, parallel.replicate(mesh, state), meta=meta)
+    wd.write_config(config, workdir)  # as the training run that made those stages does
     classifier = shapes_classifier.AttributeClassifier(image_size=32)  # untrained: it only scores
     variables = jit_init(classifier.init, jax.random.key(2), jnp.zeros((1, 32, 32, 3)))
     os.makedirs(os.path.join(workdir, "eval"))
