@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 from configs import cub, shapes
-from mirrorgan_jax import hyperparameters
+from mirrorgan_jax import configuration, hyperparameters
 
 
 @pytest.mark.parametrize("get_config", [cub.get_config, lambda: shapes.get_config("test")])
@@ -29,3 +29,12 @@ def test_a_changed_key_reaches_the_step():
     config.train.lr_d, config.damsm.freeze_trunk = 1e-5, True
     assert hyperparameters.gan(config).lr_d == 1e-5
     assert hyperparameters.damsm(config).freeze_trunk is True
+
+
+@pytest.mark.parametrize("preset", ["", "shape_aware", "quick", "test"])
+def test_every_shapes_preset_validates(preset):
+    config = shapes.get_config(preset)
+    configuration.validate(config)
+    assert hyperparameters.gan(config).adversarial_loss == (
+        "hinge" if preset == "shape_aware" else "bce"
+    )
