@@ -32,9 +32,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     d.shapes = ml_collections.ConfigDict(
         dict(num_train=20000, num_test=2000, num_test_novel=1000, image_size=64, seed=1234)
     )
-    # Object sizes and positions (data/shapes.py GEOMETRIES): "large", or "small", the geometry
-    # of workdirs prepared before the option existed.
-    d.shapes.geometry = "large"
+    # Object sizes and positions (data/shapes.py GEOMETRIES): "small", or "large" (objects
+    # about 1.35x wider, used by configs/shapes.py:shape_aware).
+    d.shapes.geometry = "small"
 
     # ---- model ----
     m = c.model = ml_collections.ConfigDict()

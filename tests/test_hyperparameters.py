@@ -31,10 +31,10 @@ def test_a_changed_key_reaches_the_step():
     assert hyperparameters.damsm(config).freeze_trunk is True
 
 
-@pytest.mark.parametrize("preset", ["", "shape_aware", "quick", "test"])
+@pytest.mark.parametrize("preset", ["", "shape_aware", "long", "quick", "test"])
 def test_every_shapes_preset_validates(preset):
     config = shapes.get_config(preset)
     configuration.validate(config)
     assert hyperparameters.gan(config).adversarial_loss == (
-        "hinge" if preset == "shape_aware" else "bce"
+        "hinge" if preset in ("shape_aware", "long") else "bce"
     )

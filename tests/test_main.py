@@ -116,7 +116,8 @@ def test_config_file_errors_are_said_in_one_line(workdir):
     )
     assert cli.refused([*base, "--config=configs/shapes.py:fast"], workdir) == (
         "error: the config file failed to load (--config=configs/shapes.py:fast): ValueError: "
-        "configs/shapes.py: unknown preset 'fast'; expected '', 'shape_aware', 'quick' or 'test'"
+        "configs/shapes.py: unknown preset 'fast'; "
+        "expected '', 'shape_aware', 'long', 'quick' or 'test'"
     )
     assert cli.refused([*base, "--mode=train"], workdir) == (
         "error: missing flag (--config): pass --config=..., e.g. --config=configs/shapes.py"

@@ -77,16 +77,15 @@ class Geometry:
     pair_across_jitter: float = 0.08
 
 
-# "large" (the default) draws objects about 1.35x the size of the first release's "small"
-# geometry, so that a star's points and a cross's arms span several pixels at the generator's
-# 32-px first stage; the pair is spread a little further so that two large objects never touch.
-# Only sizes and positions differ: the same (seed, split, index) gives the same objects,
-# colours, relations and captions in both.
+# "small" is the default geometry; "large" draws objects about 1.35x its size, so that a star's
+# points and a cross's arms span several pixels at the generator's 32-px first stage; its pair
+# is spread a little further so that two large objects never touch. Only sizes and positions
+# differ: the same (seed, split, index) gives the same objects, colours, relations and captions.
 GEOMETRIES: dict[str, Geometry] = {
     "large": Geometry(radius=(0.14, 0.205), pair_along=(0.235, 0.765), pair_along_jitter=0.0125),
     "small": Geometry(radius=(0.10, 0.17), pair_along=(0.25, 0.75), pair_along_jitter=0.03),
 }
-DEFAULT_GEOMETRY = "large"
+DEFAULT_GEOMETRY = "small"
 _COLOUR_JITTER = 10
 _MAX_ROTATION_DEG = 12.0
 
