@@ -149,21 +149,53 @@ class Networks:
         d = self.discriminators[index]
         return self._init(lambda r: init_discriminator(d, r, self.embedding_dim), rng, abstract)
 
-    def init_caption_cnn(self, rng, abstract: bool = False) -> Variables:
-        s = self.image_sizes[-1]
-        return self._init(
-            lambda r: self.caption_cnn.init(r, jnp.zeros((2, s, s, 3)), train=False), rng, abstract
+    def init_caption_cnn(
+        self, rng, abstract: bool = False, backbone: Variables | None = None
+    ) -> Variables:
+        """With `backbone` ({"params", "batch_stats"} of the ResNet, e.g. ImageNet weights read
+        from a file), only the Linear + BN head is drawn; the ResNet is `backbone` as given."""
+        if backbone is None:
+            s = self.image_sizes[-1]
+            return self._init(
+                lambda r: self.caption_cnn.init(r, jnp.zeros((2, s, s, 3)), train=False),
+                rng,
+                abstract,
+            )
+        pooled = jnp.zeros((2, self.caption_cnn.pooled_width))
+        head = self._init(
+            lambda r: self.caption_cnn.init(r, pooled, method=CaptionCNN.head), rng, abstract
         )
+        return _with_subnetwork(head, "resnet", backbone)
 
     def init_caption_rnn(self, rng, abstract: bool = False) -> Variables:
         tokens, lengths = self._text()
         feats = jnp.zeros((2, self.caption_rnn.embed_size))
         return self._init(lambda r: self.caption_rnn.init(r, feats, tokens, lengths), rng, abstract)
 
-    def init_image_encoder(self, rng, abstract: bool = False) -> Variables:
-        s = self.image_sizes[-1]
-        return self._init(
-            lambda r: self.image_encoder.init(r, jnp.zeros((2, s, s, 3)), train=False),
+    def init_image_encoder(
+        self, rng, abstract: bool = False, trunk: Variables | None = None
+    ) -> Variables:
+        """With `trunk` ({"params", "batch_stats"} of the trunk, e.g. ImageNet weights read
+        from a file), only the two heads are drawn; the trunk is `trunk` as given."""
+        if trunk is None:
+            s = self.image_sizes[-1]
+            return self._init(
+                lambda r: self.image_encoder.init(r, jnp.zeros((2, s, s, 3)), train=False),
+                rng,
+                abstract,
+            )
+        region, pooled = (jnp.zeros((2, 1, 1, w)) for w in self.image_encoder.trunk_widths)
+        heads = self._init(
+            lambda r: self.image_encoder.init(r, region, pooled, method=ImageEncoder.heads),
             rng,
             abstract,
         )
+        return _with_subnetwork(heads, "trunk", trunk)
+
+
+def _with_subnetwork(variables: Variables, name: str, sub: Variables) -> Variables:
+    """`variables` of a network with `sub` ({"params", "batch_stats"}) as its submodule `name`."""
+    return {
+        "params": {**variables["params"], name: sub["params"]},
+        "batch_stats": {**variables.get("batch_stats", {}), name: sub.get("batch_stats", {})},
+    }

@@ -60,6 +60,12 @@ class CaptionCNN(nn.Module):
     align_corners: bool = False
     dtype: Dtype | None = None
 
+    @property
+    def pooled_width(self) -> int:
+        """Channels of the pooled backbone features: what `head` takes, e.g. to build the head
+        alone around a backbone whose weights come from a file."""
+        return resnet_spec(self.backbone).out_features
+
     def setup(self):
         spec = resnet_spec(self.backbone)
         self.resnet = ResNet.from_spec(spec, dtype=self.dtype)
@@ -86,6 +92,10 @@ class CaptionCNN(nn.Module):
     ) -> Array:
         """images [B, H, W, 3] in [-1, 1] -> features [B, embed_size] (float32)."""
         pooled = self.backbone_features(images, train, backbone_train)  # [B, C]
+        return self.head(pooled, train)  # [B, E]
+
+    def head(self, pooled: Array, train: bool = False) -> Array:
+        """Linear + BatchNorm1d: pooled backbone features [B, C] -> features [B, E] (float32)."""
         return self.bn(self.linear(pooled), train)  # [B, E]
 
 

@@ -27,6 +27,16 @@ Dtype = Any
 IMAGE_ENCODER_BACKBONES = ("inception_v3", "tiny")
 
 
+def _trunk(backbone: str, tiny_widths, dtype, **kwargs) -> nn.Module:
+    if backbone == "inception_v3":
+        return InceptionV3(dtype=dtype, **kwargs)
+    if backbone == "tiny":
+        return TinyTrunk(tuple(tiny_widths), dtype=dtype, **kwargs)
+    raise ValueError(
+        f"ImageEncoder.backbone={backbone!r}; expected one of {IMAGE_ENCODER_BACKBONES}"
+    )
+
+
 class ImageEncoder(nn.Module):
     """DAMSM CNN_ENCODER.
 
@@ -50,16 +60,15 @@ class ImageEncoder(nn.Module):
     tiny_widths: tuple[int, int, int, int] = (32, 64, 128, 256)
     dtype: Dtype | None = None
 
+    @property
+    def trunk_widths(self) -> tuple[int, int]:
+        """Channels of the trunk's (region map, global map): what `heads` takes, e.g. to build
+        the heads alone around a trunk whose weights come from a file."""
+        trunk = _trunk(self.backbone, self.tiny_widths, self.dtype, parent=None)  # unbound
+        return trunk.region_features, trunk.global_features
+
     def setup(self):
-        if self.backbone == "inception_v3":
-            self.trunk = InceptionV3(dtype=self.dtype)
-        elif self.backbone == "tiny":
-            self.trunk = TinyTrunk(tuple(self.tiny_widths), dtype=self.dtype)
-        else:
-            raise ValueError(
-                f"ImageEncoder.backbone={self.backbone!r}; expected one of "
-                f"{IMAGE_ENCODER_BACKBONES}"
-            )
+        self.trunk = _trunk(self.backbone, self.tiny_widths, self.dtype)
         # Official init_trainable_weights: U(-0.1, 0.1) weights; the Linear bias keeps PyTorch's
         # default U(+-1/sqrt(fan_in)).
         self.emb_features = Conv(self.nef, (1, 1), use_bias=False, kernel_init=torch_uniform(0.1))

@@ -68,10 +68,17 @@ def image_encoder_variables(state: TrainState) -> dict:
     return {"params": state.params["image"], "batch_stats": state.batch_stats}
 
 
-def init_state(nets: Networks, tx, rng, abstract: bool = False) -> TrainState:
-    """Fresh text and image encoders under one optimiser."""
-    inits = {"text": nets.init_text_encoder, "image": nets.init_image_encoder}
-    return init_joint_state(tx, inits, "image", rng, abstract)
+def init_state(
+    nets: Networks, tx, rng, abstract: bool = False, image_trunk: dict | None = None
+) -> TrainState:
+    """Fresh text and image encoders under one optimiser. `image_trunk` ({"params",
+    "batch_stats"} of the image encoder's trunk, e.g. ImageNet Inception-v3 weights): the trunk
+    starts from it and only the text encoder and the image heads are drawn."""
+    inits = {
+        "text": lambda r, _: nets.init_text_encoder(r),
+        "image": lambda r, trunk: nets.init_image_encoder(r, trunk=trunk),
+    }
+    return init_joint_state(tx, inits, "image", rng, abstract, given={"image": image_trunk})
 
 
 def damsm_losses(nets: Networks, params, batch_stats, batch, rng, gammas, train: bool):

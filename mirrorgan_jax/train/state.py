@@ -141,18 +141,27 @@ def joint_state(tx, variables: dict[str, dict], stats_of: str) -> TrainState:
 
 
 def init_joint_state(
-    tx, inits: dict[str, Callable], stats_of: str, rng, abstract: bool = False
+    tx,
+    inits: dict[str, Callable],
+    stats_of: str,
+    rng,
+    abstract: bool = False,
+    given: dict[str, PyTree] | None = None,
 ) -> TrainState:
-    """`joint_state` over fresh networks, `inits` {name: rng -> variables} taking the splits of
-    `rng` in order; with `abstract=True` only its shapes (a restore target)."""
+    """`joint_state` over fresh networks, `inits` {name: (rng, given) -> variables} taking the
+    splits of `rng` in order and `given[name]` (None when absent): weights read from a file
+    that the init places instead of drawing them. They enter the one jitted program as its
+    arguments, never as constants baked into it. With `abstract=True` only the state's shapes
+    (a restore target)."""
+    given = {name: (given or {}).get(name) for name in inits}
 
-    def build(r):
+    def build(r, g):
         keys = jax.random.split(r, len(inits))
         return joint_state(
-            tx, {name: init(k) for (name, init), k in zip(inits.items(), keys)}, stats_of
+            tx, {name: init(k, g[name]) for (name, init), k in zip(inits.items(), keys)}, stats_of
         )
 
-    return jit_or_shapes(build, rng, abstract=abstract)
+    return jit_or_shapes(build, rng, given, abstract=abstract)
 
 
 def fit_random_batches(

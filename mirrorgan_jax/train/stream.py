@@ -47,10 +47,17 @@ def caption_rnn_variables(state: TrainState) -> dict:
     return {"params": state.params["rnn"]}
 
 
-def init_state(nets: Networks, tx, rng, abstract: bool = False) -> TrainState:
-    """A fresh caption CNN and RNN under one optimiser."""
-    inits = {"cnn": nets.init_caption_cnn, "rnn": nets.init_caption_rnn}
-    return init_joint_state(tx, inits, "cnn", rng, abstract)
+def init_state(
+    nets: Networks, tx, rng, abstract: bool = False, cnn_backbone: dict | None = None
+) -> TrainState:
+    """A fresh caption CNN and RNN under one optimiser. `cnn_backbone` ({"params",
+    "batch_stats"} of the CNN's ResNet, e.g. ImageNet weights): the ResNet starts from it and
+    only the CNN's head and the RNN are drawn."""
+    inits = {
+        "cnn": lambda r, backbone: nets.init_caption_cnn(r, backbone=backbone),
+        "rnn": lambda r, _: nets.init_caption_rnn(r),
+    }
+    return init_joint_state(tx, inits, "cnn", rng, abstract, given={"cnn": cnn_backbone})
 
 
 def caption_logits(nets: Networks, params, batch_stats, images, tokens, lengths, train: bool):
