@@ -6,6 +6,7 @@ Read only by `main.py` and the stage drivers; modules receive plain typed fields
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -73,7 +74,12 @@ def get_base_config() -> ml_collections.ConfigDict:
     dm.lr_decay = 0.98  # per epoch while lr > lr_min
     dm.lr_min = 0.0002
     dm.grad_clip = 0.25
-    dm.freeze_trunk = False  # True: the image encoder's trunk is never updated (official, ImageNet)
+    # torchvision `inception_v3` ImageNet weights (.pth / .npz): the image encoder's trunk starts
+    # from them, as the official CNN_ENCODER does.
+    dm.trunk_weights = ""
+    # True: the image encoder's trunk is never updated (official, with ImageNet weights). Unset
+    # (None): True exactly when `trunk_weights` is given.
+    dm.freeze_trunk = config_dict.placeholder(bool)
     dm.gamma1 = 4.0
     dm.gamma2 = 5.0
     dm.gamma3 = 10.0

@@ -114,7 +114,6 @@ _BOOLEANS = (
     "model.discriminator_batchnorm",
     "model.discriminator_spectral_norm",
     "model.sentence_attention",
-    "damsm.freeze_trunk",
     "stream.freeze_backbone",
     "train.ema_warmup",
 )
@@ -233,6 +232,32 @@ def _check_data(config: ml_collections.ConfigDict) -> None:
         )
 
 
+def _check_damsm_trunk(config: ml_collections.ConfigDict) -> None:
+    dm = config.damsm
+    if dm.freeze_trunk not in (None, True, False):
+        raise _bad(
+            "damsm.freeze_trunk",
+            dm.freeze_trunk,
+            "expected True, False or None (None: frozen exactly when damsm.trunk_weights is given)",
+        )
+    if not isinstance(dm.trunk_weights, str):
+        raise _bad("damsm.trunk_weights", dm.trunk_weights, "expected a file path or ''")
+    if dm.trunk_weights and config.model.damsm_backbone != "inception_v3":
+        raise ConfigError(
+            "damsm.trunk_weights holds Inception-v3 weights, which only that trunk takes",
+            f"config.damsm.trunk_weights={dm.trunk_weights!r}, "
+            f"config.model.damsm_backbone={config.model.damsm_backbone!r}",
+            "set model.damsm_backbone='inception_v3' (or no trunk_weights)",
+        )
+    if dm.trunk_weights and config.backbone_pretrain.steps:
+        raise ConfigError(
+            "two sources give the DAMSM trunk its weights",
+            f"config.damsm.trunk_weights={dm.trunk_weights!r}, "
+            f"config.backbone_pretrain.steps={config.backbone_pretrain.steps}",
+            "expected one of them",
+        )
+
+
 def _check_devices(mode: str, config, device_count: int, process_count: int) -> None:
     for key in _SHARDED_BATCHES.get(mode, ()):
         batch = _get(config, key)
@@ -262,6 +287,7 @@ def validate(
     _check_values(config)
     _check_model(config)
     _check_data(config)
+    _check_damsm_trunk(config)
     if device_count is not None:
         _check_devices(mode, config, device_count, process_count)
     if num_samples is not None and num_samples < 1:

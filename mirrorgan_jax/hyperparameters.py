@@ -26,9 +26,21 @@ def gan(config: ml_collections.ConfigDict) -> GanHyper:
     return _from_section(GanHyper, config.train)
 
 
+def damsm_freeze_trunk(config: ml_collections.ConfigDict) -> bool:
+    """`damsm.freeze_trunk`, or when it is unset (None), whether ImageNet weights are given
+    (`damsm.trunk_weights`): the official trunk is ImageNet's and stays frozen."""
+    d = config.damsm
+    return bool(d.trunk_weights) if d.freeze_trunk is None else bool(d.freeze_trunk)
+
+
 def damsm(config: ml_collections.ConfigDict) -> DamsmHyper:
     d = config.damsm
-    return _from_section(DamsmHyper, d, gammas=(d.gamma1, d.gamma2, d.gamma3))
+    return _from_section(
+        DamsmHyper,
+        d,
+        gammas=(d.gamma1, d.gamma2, d.gamma3),
+        freeze_trunk=damsm_freeze_trunk(config),
+    )
 
 
 def stream(config: ml_collections.ConfigDict) -> StreamHyper:

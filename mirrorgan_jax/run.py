@@ -25,6 +25,7 @@ from mirrorgan_jax import hyperparameters, loop, networks, parallel, safe_load, 
 from mirrorgan_jax import workdir as wd
 from mirrorgan_jax.data import input_pipeline, prepare, shapes
 from mirrorgan_jax.evaluation import evaluate, text_probe
+from mirrorgan_jax.torch_import import damsm as damsm_import
 from mirrorgan_jax.torch_import import import_all
 from mirrorgan_jax.torch_import import stream as stream_import
 from mirrorgan_jax.train import backbone, damsm, gan, stream
@@ -170,15 +171,15 @@ def _evaluate_once(path: str, step: int, evaluate_fn: Callable[[], dict]) -> dic
 
 
 def _pretrain(
-    config, workdir: str, stage: str, seed: int, hyper, train, make_tx, prepare_state, evaluate_fn
+    config, workdir: str, stage: str, seed: int, hyper, train, make_tx, init_state, evaluate_fn
 ):
     """The DAMSM or STREAM stage: train (or resume, or skip when finished), then the test report
     of the final step in W/<stage>/eval.json.
 
     hyper: the stage's hyperparameters; train: its module (`train.damsm`, `train.stream`:
     `init_state`, `make_train_step`); make_tx(hyper, steps_per_epoch) -> its optimiser;
-    prepare_state(nets, state) -> a fresh state made ready to train;
-    evaluate_fn(nets, state, batches) -> the test report."""
+    init_state(nets, tx, rng) -> a fresh state ready to train (only called when the stage has
+    no checkpoint yet); evaluate_fn(nets, state, batches) -> the test report."""
     stage_config = config[stage]
     batch_size = stage_config.batch_size
     mesh = parallel.make_mesh()
@@ -192,8 +193,7 @@ def _pretrain(
     spec = _stage_spec(stage, workdir, total, config, (loss_key,))
 
     def init():
-        state = train.init_state(nets, tx, jax.random.fold_in(rng, 1))
-        return parallel.replicate(mesh, prepare_state(nets, state))
+        return parallel.replicate(mesh, init_state(nets, tx, jax.random.fold_in(rng, 1)))
 
     abstract = parallel.abstract_replicated(mesh, train.init_state(nets, tx, rng, abstract=True))
     state, step = loop.run_stage(
@@ -243,7 +243,11 @@ def _pretrain_backbone(config, workdir: str, stage: str, variables: dict, featur
 def run_damsm(config, workdir: str):
     """Pretrains STEM + the DAMSM image encoder; reports retrieval accuracy on the test split."""
 
-    def prepare_state(nets, state):
+    def init_state(nets, tx, rng):
+        trunk = None
+        if config.damsm.trunk_weights:
+            trunk = _imagenet_inception(config.damsm.trunk_weights)
+        state = damsm.init_state(nets, tx, rng, image_trunk=trunk)
         _log_parameters("text encoder", state.params["text"])
         _log_parameters("image encoder", state.params["image"])
         if not config.backbone_pretrain.steps:
@@ -274,7 +278,7 @@ def run_damsm(config, workdir: str):
         hyper,
         damsm,
         damsm.make_tx,
-        prepare_state,
+        init_state,
         evaluate_fn,
     )
 
@@ -302,19 +306,20 @@ def _sentence_probe(config, workdir: str, nets, text_params) -> dict[str, float]
 def run_stream(config, workdir: str):
     """Pretrains the STREAM captioner; reports teacher-forced token accuracy on test."""
 
-    def prepare_state(nets, state):
+    def init_state(nets, tx, rng):
+        resnet = None
         if config.stream.backbone_weights:
-            variables = _imagenet_resnet(config.stream.backbone_weights, state)
-        elif config.backbone_pretrain.steps:
-            variables = _pretrain_backbone(
-                config,
-                workdir,
-                "stream",
-                stream.caption_cnn_variables(state),
-                backbone.stream_backbone_features(nets),
-            )
-        else:
+            resnet = _imagenet_resnet(config.stream.backbone_weights)
+        state = stream.init_state(nets, tx, rng, cnn_backbone=resnet)
+        if resnet is not None or not config.backbone_pretrain.steps:
             return state
+        variables = _pretrain_backbone(
+            config,
+            workdir,
+            "stream",
+            stream.caption_cnn_variables(state),
+            backbone.stream_backbone_features(nets),
+        )
         params = {**state.params, "cnn": variables["params"]}
         return state.replace(params=params, batch_stats=variables["batch_stats"])
 
@@ -329,20 +334,30 @@ def run_stream(config, workdir: str):
         hyperparameters.stream(config),
         stream,
         lambda hyper, _steps_per_epoch: stream.make_tx(hyper),  # no per-epoch schedule
-        prepare_state,
+        init_state,
         evaluate_fn,
     )
 
 
-def _imagenet_resnet(path: str, state) -> dict:
-    """The caption CNN's variables with ImageNet ResNet weights (torchvision names, .npz or
-    .pth) in its trunk."""
-    loaded = stream_import.resnet_backbone_variables(safe_load.load_state_dict(path))
-    cnn = stream.caption_cnn_variables(state)
-    return {
-        "params": {**cnn["params"], "resnet": loaded["params"]},
-        "batch_stats": {**cnn["batch_stats"], "resnet": loaded["batch_stats"]},
-    }
+def _imagenet_resnet(path: str) -> dict:
+    """The caption CNN's ResNet {params, batch_stats} from ImageNet weights (torchvision
+    `resnet*` names, .npz or .pth through the restricted reader)."""
+    source = f"stream.backbone_weights={path}"
+    return stream_import.resnet_backbone_variables(_weights_file(path, source), source)
+
+
+def _imagenet_inception(path: str) -> dict:
+    """The DAMSM image encoder's trunk {params, batch_stats} from ImageNet weights
+    (torchvision `inception_v3` names, .npz or .pth through the restricted reader)."""
+    source = f"damsm.trunk_weights={path}"
+    return damsm_import.inception_v3_trunk_variables(_weights_file(path, source), source)
+
+
+def _weights_file(path: str, source: str) -> dict:
+    try:
+        return safe_load.load_state_dict(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{source}: no such file") from None
 
 
 # ---------------------------------------------------------------------------------- GAN

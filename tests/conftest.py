@@ -16,6 +16,7 @@ _SLOW_MODULES = (
     "test_run.py",
     "test_gan.py",
     "test_benchmark.py",
+    "test_run_imagenet.py",
     "test_shapes_classifier.py",
     "test_shapes_sweep.py",
     "test_import_all.py",

@@ -171,3 +171,65 @@ def assert_close(actual: Any, expected: Any, name: str, tol: float = 1e-5) -> fl
     assert err <= tol, f"{name}: max relative error {err:.3e} > {tol:.0e}"
     print(f"parity {name}: max rel err {err:.2e}")
     return err
+
+
+def read_key_list(name: str) -> list[tuple[str, str, tuple[int, ...], str]]:
+    """Rows (official key, torchvision key, shape, kind) of a `*_keys.txt` file of the fixture
+    directory; '-' = absent."""
+    path = parity_dir() / name
+    rows = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        cols = line.split("\t")
+        if len(cols) != 4:
+            raise ValueError(f"{path}:{lineno}: expected 4 tab-separated columns, got {cols}")
+        shape = tuple(int(n) for n in json.loads(cols[2]))
+        rows.append((cols[0].strip(), cols[1].strip(), shape, cols[3].strip()))
+    if not rows:
+        raise ValueError(f"{path}: no key rows")
+    return rows
+
+
+def random_state_dict(name: str, column: int, seed: int) -> dict[str, np.ndarray]:
+    """Random float32 weights under the keys and shapes of one column of key list `name`
+    (1: torchvision's), drawn with numpy's legacy `RandomState` (a stream numpy keeps fixed
+    across versions), so a script with torch and a test without it draw the same values.
+    Activations stay O(1): He-scaled convs, BatchNorm near identity (but for ResNet's
+    residual branches) with non-trivial running statistics; `num_batches_tracked` is an int64
+    counter, as torchvision saves it."""
+    rs = np.random.RandomState(seed)
+    sd: dict[str, np.ndarray] = {}
+    for row in read_key_list(name):
+        key, shape = row[column], row[2]
+        if key == "-":
+            continue
+        leaf = key.rsplit(".", 1)[-1]
+        if leaf == "num_batches_tracked":
+            sd[key] = np.array(7, np.int64)
+            continue
+        if len(shape) == 4:  # conv [O, I, kh, kw]
+            value = rs.normal(0.0, np.sqrt(2.0 / np.prod(shape[1:])), shape)
+        elif len(shape) == 2:  # Linear [out, in]
+            value = rs.normal(0.0, 1.0 / np.sqrt(shape[1]), shape)
+        elif leaf == "running_var":
+            value = rs.uniform(0.5, 1.5, shape)
+        elif leaf == "weight":  # BatchNorm gamma
+            value = rs.uniform(0.8, 1.2, shape)
+            if key.endswith("bn3.weight"):
+                # A ResNet bottleneck's last BN: a small gamma keeps its branch small, so 50
+                # residual sums do not double the activations 50 times.
+                value *= 0.1
+        else:  # BatchNorm beta, running_mean, Linear bias
+            value = rs.normal(0.0, 0.1, shape)
+        sd[key] = value.astype(np.float32)
+    return sd
+
+
+def projections(x: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """[B, ...] -> [B, count]: each sample's values projected on `count` fixed random unit
+    directions (legacy RandomState `seed`), a small summary that every value moves."""
+    flat = np.asarray(x, np.float64).reshape(len(x), -1)
+    directions = np.random.RandomState(seed).normal(size=(count, flat.shape[1]))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    return flat @ directions.T

@@ -20,6 +20,8 @@ def test_each_field_is_its_config_key(get_config):
         for field in dataclasses.fields(hyper):
             if field.name == "gammas":
                 assert hyper.gammas == (section.gamma1, section.gamma2, section.gamma3)
+            elif field.name == "freeze_trunk":
+                assert hyper.freeze_trunk is hyperparameters.damsm_freeze_trunk(config)
             else:
                 assert getattr(hyper, field.name) == section[field.name], field.name
 
@@ -38,3 +40,16 @@ def test_every_shapes_preset_validates(preset):
     assert hyperparameters.gan(config).adversarial_loss == (
         "hinge" if preset in ("shape_aware", "long") else "bce"
     )
+
+
+@pytest.mark.parametrize(
+    "trunk_weights, freeze_trunk, frozen",
+    [("", None, False), ("inception_v3.pth", None, True), ("inception_v3.pth", False, False),
+     ("", True, True)],
+)  # fmt: skip
+def test_the_trunk_is_frozen_by_default_exactly_when_imagenet_weights_are_given(
+    trunk_weights, freeze_trunk, frozen
+):
+    config = cub.get_config()
+    config.damsm.trunk_weights, config.damsm.freeze_trunk = trunk_weights, freeze_trunk
+    assert hyperparameters.damsm(config).freeze_trunk is frozen

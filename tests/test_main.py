@@ -194,3 +194,21 @@ def test_a_bug_keeps_its_traceback_and_status_1(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert "Traceback" in r.stderr and lines[-1] == "RuntimeError: a bug, not a refused input"
     assert not any(line.startswith("error:") for line in lines)
+
+
+def test_trunk_weights_need_the_inception_trunk_and_one_source():
+    c = shapes.get_config("test")  # the tiny DAMSM trunk
+    c.damsm.trunk_weights = "inception_v3.pth"
+    with pytest.raises(configuration.ConfigError, match=r"damsm_backbone='tiny'.*'inception_v3'"):
+        configuration.validate(c)
+    c.model.damsm_backbone = "inception_v3"
+    c.backbone_pretrain.update(steps=10, num_images=4)
+    with pytest.raises(configuration.ConfigError, match="two sources give the DAMSM trunk"):
+        configuration.validate(c)
+    c = cub.get_config()
+    c.damsm.trunk_weights = "inception_v3.pth"
+    configuration.validate(c)
+    line = cli.refused(
+        ["--config=configs/cub.py", "--mode=describe", "--config.damsm.freeze_trunk=maybe"]
+    )
+    assert "freeze_trunk" in line

@@ -126,14 +126,38 @@ def set_path(tree: dict, path: tuple[str, ...], value) -> None:
     tree[path[-1]] = value
 
 
+def _expect_shape(reader: StateDictReader, key: str, value: np.ndarray, expected) -> None:
+    """Refuse `reader.sd[key]` (converted to `value`) unless `value` has `expected`'s shape,
+    naming the torch key and both shapes in the file's own layout."""
+    if tuple(np.shape(value)) == tuple(expected.shape):
+        return
+    want = tuple(expected.shape)
+    if len(want) == 4:  # HWIO -> the file's OIHW
+        want = (want[3], want[2], want[0], want[1])
+    raise WeightMismatchError(
+        f"{reader.source}: {key!r} has shape {tuple(np.shape(reader.sd[key]))}; the model "
+        f"expects {want}"
+    )
+
+
 def read_basic_convs(reader: StateDictReader, expected_params: Mapping) -> tuple[dict, dict]:
     """(params, batch_stats) of every Inception BasicConv2d in `expected_params`, read from
-    the torch keys `<path>.conv.weight` and `<path>.bn.*`."""
+    the torch keys `<path>.conv.weight` and `<path>.bn.*`; a shape that differs from the
+    expected one is refused with the torch key named."""
     params: dict = {}
     stats: dict = {}
     for path in basic_conv_paths(expected_params):
         key = ".".join(path)
+        expected = expected_params
+        for p in path:
+            expected = expected[p]
+        kernel = reader.conv(f"{key}.conv.weight")
+        _expect_shape(reader, f"{key}.conv.weight", kernel, expected["conv"]["kernel"])
         bn_p, bn_s = reader.batch_norm(f"{key}.bn")
-        set_path(params, path, {"conv": {"kernel": reader.conv(f"{key}.conv.weight")}, "bn": bn_p})
+        bn = {"weight": bn_p["scale"], "bias": bn_p["bias"]}
+        bn.update(running_mean=bn_s["mean"], running_var=bn_s["var"])
+        for name, value in bn.items():  # all [C]
+            _expect_shape(reader, f"{key}.bn.{name}", value, expected["bn"]["scale"])
+        set_path(params, path, {"conv": {"kernel": kernel}, "bn": bn_p})
         set_path(stats, path, {"bn": bn_s})
     return params, stats

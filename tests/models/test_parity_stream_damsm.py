@@ -8,8 +8,6 @@ structure, embed/hidden sizes, n_words, nef), never from the numbers of one fixt
 
 from __future__ import annotations
 
-import json
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,7 +28,7 @@ from tests.parity_utils import (
     manifest_config,
     max_rel_err,
     nchw_to_nhwc,
-    parity_dir,
+    read_key_list,
 )
 
 TOL = 1e-5
@@ -151,23 +149,6 @@ def test_damsm_heads():
 
 
 # ----------------------------------------------------------------------------- key lists
-
-
-def read_key_list(name: str) -> list[tuple[str, str, tuple[int, ...], str]]:
-    """Rows (official key, torchvision key, shape, kind) of a `*_keys.txt` file; '-' = absent."""
-    path = parity_dir() / name
-    rows = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip() or line.startswith("#"):
-            continue
-        cols = line.split("\t")
-        if len(cols) != 4:
-            raise ValueError(f"{path}:{lineno}: expected 4 tab-separated columns, got {cols}")
-        shape = tuple(int(n) for n in json.loads(cols[2]))
-        rows.append((cols[0].strip(), cols[1].strip(), shape, cols[3].strip()))
-    if not rows:
-        raise ValueError(f"{path}: no key rows")
-    return rows
 
 
 def fake_state_dict(rows, column: int) -> dict[str, np.ndarray]:
