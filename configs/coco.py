@@ -2,7 +2,16 @@
 `taoxugit/AttnGAN code/cfg/coco_attn2.yml`; MirrorGAN released no COCO config).
 
   python -m mirrorgan_jax.main --config=configs/coco.py --workdir=runs/coco \
-      --config.data.manual_dir=/path/to/coco
+      --config.data.manual_dir=/path/to/coco \
+      --config.damsm.trunk_weights=/path/to/inception_v3.pth \
+      --config.stream.backbone_weights=/path/to/resnet152.pth
+
+The ImageNet backbones, as for CUB (configs/cub.py): torchvision's Inception-v3 for the DAMSM
+image encoder's frozen trunk (damsm.trunk_weights) and ResNet-152 for the STREAM caption CNN
+(stream.backbone_weights), state dicts as .pth (restricted reader) or .npz, made once with
+  python -c "import torch, torchvision.models as m; \
+torch.save(m.inception_v3(weights='IMAGENET1K_V1').state_dict(), 'inception_v3.pth'); \
+torch.save(m.resnet152(weights='IMAGENET1K_V1').state_dict(), 'resnet152.pth')"
 """
 
 from configs import common

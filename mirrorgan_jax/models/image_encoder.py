@@ -84,6 +84,9 @@ class ImageEncoder(nn.Module):
             raise ValueError(
                 f"ImageEncoder expects NHWC RGB images [B, H, W, 3]; got {images.shape}"
             )
+        # The official input handling (`taoxugit/AttnGAN code/model.py CNN_ENCODER.forward`):
+        # the [-1, 1] image itself, resized to 299 by bilinear interpolation, with neither
+        # ImageNet's mean/std nor torchvision's `transform_input`, also with ImageNet weights.
         x = resize_bilinear(images, (self.image_size, self.image_size), self.align_corners)
         return self.trunk(x, train)
 
