@@ -60,6 +60,11 @@ ADDED_KEYS: dict[str, Any] = {
 }
 
 
+# A leaf of a restore target that is not read: it comes back as this same marker (Orbax's
+# placeholder), so a caller that needs part of a state reads only that part from disk.
+SKIP = ocp.PLACEHOLDER
+
+
 class NonFiniteError(errors.Error, ValueError):
     """A state to be saved holds NaN or Inf."""
 
@@ -463,7 +468,8 @@ class Checkpointer:
 
         target: a pytree of the state's type whose leaves are `jax.ShapeDtypeStruct`s with the
           wanted shardings (see `parallel.abstract_like`), or concrete arrays (their shardings
-          are used). The device count may differ from the one that saved.
+          are used), or `SKIP` for a leaf not to read. The device count may differ from the
+          one that saved.
         expected_meta: entries the saved meta must hold with equal values, e.g.
           {"model": config.model.to_dict()}; each top-level key is compared as a whole
           (nested keys dotted in the error); other saved keys (step, data position) are free.
@@ -567,6 +573,8 @@ class Checkpointer:
                 if layout.keys == saved_keys:
                     abstract, convert = layout.target, layout.convert
                     log.info("%s step %d: reading an earlier state layout", self.directory, step)
+        if any(leaf is SKIP for leaf in jax.tree.leaves(abstract)):
+            return self._restore_part(step, abstract), dict(saved.get("user", {}))
         r = self._manager.restore(
             step,
             args=ocp.args.Composite(
@@ -575,6 +583,24 @@ class Checkpointer:
         )
         state = r.state if convert is None else convert(r.state)
         return state, dict(r.meta.get("user", {}))
+
+    def _restore_part(self, step: int, abstract: Any) -> Any:
+        """The leaves of `abstract` that are not `SKIP`, read from the state of `step` (saved
+        by `save`, in Orbax's PyTree format; only the PyTree reader takes placeholders)."""
+        path = os.path.join(self._step_dir(step), "state")
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"checkpoint step {step} has no state folder {path}")
+        reader = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
+        try:
+            return reader.restore(
+                path,
+                args=ocp.args.PyTreeRestore(
+                    item=abstract,
+                    restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+                ),
+            )
+        finally:
+            reader.close()
 
     # -- lifecycle -------------------------------------------------------------------------
     def wait_until_finished(self) -> None:

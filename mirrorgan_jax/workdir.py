@@ -403,15 +403,29 @@ def restore_damsm(config, workdir: str, nets, mesh):
     return restore_final(workdir, "damsm", abstract_damsm(config, nets, mesh), meta, "DAMSM")[0]
 
 
+def _only(abstract, *kept: str):
+    """`abstract` (a state's shapes) with every leaf outside the subtrees `kept` ("params/text",
+    ...) replaced by `checkpoints.SKIP`: a restore reads only the kept ones."""
+
+    def keep_or_skip(path, leaf):
+        name = checkpoints.leaf_name(path)
+        wanted = any(name == k or name.startswith(k + "/") for k in kept)
+        return leaf if wanted else checkpoints.SKIP
+
+    return jax.tree_util.tree_map_with_path(keep_or_skip, abstract)
+
+
 def restore_frozen(config, workdir: str, nets, mesh, damsm_state=None) -> gan.Frozen:
     """STEM from W/damsm (or the given DAMSM state) and STREAM from W/stream (pretrained or
-    imported): the networks the GAN stage keeps fixed."""
+    imported): the networks the GAN stage keeps fixed. Only their weights are read; the DAMSM
+    image encoder and both optimiser states stay on disk."""
     if damsm_state is None:
-        damsm_state = restore_damsm(config, workdir, nets, mesh)
+        meta = {"model": model_fingerprint(config, "damsm")}
+        target = _only(abstract_damsm(config, nets, mesh), "params/text")
+        damsm_state, _ = restore_final(workdir, "damsm", target, meta, "DAMSM")
     meta = {"model": model_fingerprint(config, "stream")}
-    stream_state, _ = restore_final(
-        workdir, "stream", abstract_stream(config, nets, mesh), meta, "STREAM"
-    )
+    target = _only(abstract_stream(config, nets, mesh), "params", "batch_stats")
+    stream_state, _ = restore_final(workdir, "stream", target, meta, "STREAM")
     return gan.Frozen(
         text_encoder=damsm.text_encoder_variables(damsm_state),
         caption_cnn=stream.caption_cnn_variables(stream_state),

@@ -1,5 +1,6 @@
-"""The workdir contract: the config.json guard, and GAN checkpoints in the layout from before
-the stage held one TrainState per network."""
+"""The workdir contract: the config.json guard, GAN checkpoints in the layout from before
+the stage held one TrainState per network, and the frozen networks read alone from their
+stages' checkpoints."""
 
 import json
 
@@ -85,3 +86,49 @@ def test_gan_checkpoint_of_the_earlier_layout_restores(tmp_path):
             np.asarray(a), np.asarray(b), err_msg=jax.tree_util.keystr(path)
         )
     assert restored.generator.tx is target.generator.tx  # static fields from today's target
+
+
+def test_the_frozen_networks_are_read_alone(tmp_path):
+    """`restore_frozen` reads STEM and STREAM's weights and nothing else: the DAMSM image
+    encoder and the optimiser states, saved here in shapes no network has, are never read
+    (a whole-state restore of the same checkpoints fails on them)."""
+    from mirrorgan_jax import parallel
+    from mirrorgan_jax.networks import Networks
+
+    config = shapes.get_config("test")
+    nets = Networks.from_config(config, n_words=30)
+    mesh = parallel.make_mesh()
+    rs = np.random.RandomState(0)
+
+    def saved(abstract, odd):
+        def leaf(path, s):
+            shape = (1, 3) if odd(checkpoints.leaf_name(path)) else s.shape
+            return (
+                rs.standard_normal(shape).astype(s.dtype)
+                if s.dtype.kind == "f"
+                else (np.zeros(shape, s.dtype))
+            )
+
+        return jax.tree_util.tree_map_with_path(leaf, abstract)
+
+    states = {
+        "damsm": saved(wd.abstract_damsm(config, nets, mesh), lambda n: "/text/" not in n),
+        "stream": saved(wd.abstract_stream(config, nets, mesh), lambda n: "opt_state" in n),
+    }
+    for stage, state in states.items():
+        meta = {"model": wd.model_fingerprint(config, stage)}
+        with checkpoints.Checkpointer(tmp_path / stage / "checkpoints", async_save=False) as c:
+            c.save(3, state, meta=meta)
+    frozen = wd.restore_frozen(config, str(tmp_path), nets, mesh)
+    want = (
+        {"params": states["damsm"].params["text"]},
+        {"params": states["stream"].params["cnn"], "batch_stats": states["stream"].batch_stats},
+        {"params": states["stream"].params["rnn"]},
+    )
+    got_all = (frozen.text_encoder, frozen.caption_cnn, frozen.caption_rnn)
+    for got, expected in zip(got_all, want, strict=True):
+        assert jax.tree.structure(got) == jax.tree.structure(expected)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), b)
+    with pytest.raises(ValueError):
+        wd.restore_damsm(config, str(tmp_path), nets, mesh)
