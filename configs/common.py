@@ -13,6 +13,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.mixed_precision = "float32"  # or "bfloat16": activations/convs in bf16, params/losses f32
+    # JAX's persistent compilation cache: a folder, "off", or "" for $JAX_COMPILATION_CACHE_DIR
+    # when set, else <workdir>/jax_cache. A restart then loads what an earlier run compiled.
+    c.compilation_cache_dir = ""
 
     # ---- data ----
     d = c.data = ml_collections.ConfigDict()

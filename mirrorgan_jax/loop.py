@@ -7,6 +7,13 @@ whose every step is damaged stops the run. The step RNG is `fold_in(rng, step)` 
 iterator restarts at the restored step, so an interrupted run continues exactly where it
 stopped; metrics.jsonl drops the rows logged after that step, which the run logs again. The
 host synchronises with the devices only at logging and checkpoint steps.
+
+Start-up: before its first step a stage compiles that step ahead of time and logs `startup_s`,
+the wall time from `StageSpec.started` (the process start for the first stage a process runs)
+until the first step starts, with its parts: `startup_state_s` (the state built or restored),
+`startup_first_batch_s` (the input pipeline up to the first batch), `startup_compile_s` (the
+step traced and compiled, or loaded from JAX's persistent compilation cache) and
+`startup_before_stage_s` (all that came before the stage: imports, data set-up, frozen networks).
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ class StageSpec:
     meta: dict  # saved with every checkpoint (config fingerprint of the networks ...)
     loss_keys: tuple[str, ...]  # metrics checked for finiteness
     legacy: tuple = ()  # earlier state layouts a resume reads (`Checkpointer.restore`)
+    started: float | None = None  # Unix time `startup_s` counts from (None: `run_stage`'s call)
 
 
 def run_stage(
@@ -62,7 +70,13 @@ def run_stage(
     rng: jax.Array,
     on_log: Callable[[int, Any, Any], dict] | None = None,
 ) -> tuple[Any, int]:
-    """Runs (or resumes, or skips when finished) one stage. Returns (state, last step)."""
+    """Runs (or resumes, or skips when finished) one stage. Returns (state, last step).
+
+    `step_fn` may have a `lower(state, batch, rng)` (a `jax.jit` function has): the first step
+    is then compiled ahead of time, so `startup_s` separates compiling from running."""
+    entered = time.time()
+    origin = spec.started or entered
+    startup = {"startup_before_stage_s": entered - origin}
     ckpt = checkpoints.Checkpointer(
         f"{spec.stage_dir}/checkpoints", max_to_keep=spec.keep_checkpoints
     )
@@ -78,11 +92,14 @@ def run_stage(
         else:
             start = 0
             state = init_state()
+        startup["startup_state_s"] = time.time() - entered
         if start >= spec.total_steps or meta.get("final"):
             # `final` marks imported weights that stand for a finished stage.
             logging.info("%s: finished already (step %d)", spec.name, start)
             return state, start
-        state = _train(spec, ckpt, state, start, last_saved, step_fn, batches, rng, on_log)
+        state = _train(
+            spec, ckpt, state, start, last_saved, step_fn, batches, rng, on_log, (origin, startup)
+        )
         return state, spec.total_steps
     finally:
         t_close = time.time()
@@ -91,7 +108,7 @@ def run_stage(
             logging.info("%s: closing checkpoints took %.1f s", spec.name, time.time() - t_close)
 
 
-def _train(spec, ckpt, state, start, last_saved, step_fn, batches, rng, on_log):
+def _train(spec, ckpt, state, start, last_saved, step_fn, batches, rng, on_log, startup):
     writer = observability.make_writer(spec.stage_dir, resume_step=start)
     report = periodic_actions.ReportProgress(
         num_train_steps=spec.total_steps, writer=writer, every_steps=spec.log_every
@@ -99,13 +116,18 @@ def _train(spec, ckpt, state, start, last_saved, step_fn, batches, rng, on_log):
     preemption = checkpoints.install_preemption_handler()
     first_bad = jnp.array(-1, jnp.int32)  # on device: first step with a non-finite loss
     bad_value = jnp.zeros((), jnp.float32)
+    t_data = time.time()
     data = batches(start)
     step = start
     t0 = time.time()
     try:
         while step < spec.total_steps:
             batch = next(data)
-            state, metrics = step_fn(state, batch, jax.random.fold_in(rng, step))
+            step_rng = jax.random.fold_in(rng, step)
+            if step == start:
+                startup[1]["startup_first_batch_s"] = time.time() - t_data
+                _compile_first_step(spec, step_fn, state, batch, step_rng, startup, writer, step)
+            state, metrics = step_fn(state, batch, step_rng)
             step += 1
             losses = jnp.stack([metrics[k] for k in spec.loss_keys])
             bad = ~jnp.all(jnp.isfinite(losses))
@@ -154,6 +176,28 @@ def _train(spec, ckpt, state, start, last_saved, step_fn, batches, rng, on_log):
             else:  # the process is about to end: its input threads go first
                 data.close()
         writer.flush()
+
+
+def _compile_first_step(spec, step_fn, state, batch, rng, startup, writer, step) -> None:
+    """Compiles the step ahead of time (a later call of `step_fn` with arguments of the same
+    shapes and shardings reuses the executable) and logs the stage's start-up times.
+
+    startup: (origin, {part: seconds}) as `run_stage` measured them."""
+    origin, parts = startup
+    t = time.time()
+    lower = getattr(step_fn, "lower", None)
+    if lower is not None:
+        lower(state, batch, rng).compile()
+    parts["startup_compile_s"] = time.time() - t
+    total = time.time() - origin
+    logging.info(
+        "%s: the first step starts %.1f s after %s (%s)",
+        spec.name,
+        total,
+        "the process started" if spec.started else "the stage started",
+        ", ".join(f"{k.removeprefix('startup_')} {v:.1f} s" for k, v in parts.items()),
+    )
+    writer.write_scalars(step, {"startup_s": total, **parts})
 
 
 def _close_input(name: str, data) -> None:

@@ -15,6 +15,7 @@ import logging as std_logging
 import os
 import re
 import sys
+import time
 import traceback
 from typing import NoReturn
 
@@ -179,15 +180,21 @@ def _run(argv: list[str]) -> None:
     )
     # Imported once every flag and config value is known good: it brings TensorFlow, whose
     # import is most of the time a refused command would otherwise take.
-    from mirrorgan_jax import run
+    from mirrorgan_jax import observability, run
+    from mirrorgan_jax import workdir as wd
 
     if mode == "describe":
         run.describe(config, workdir)
         return
+    started = observability.process_start_time()
+    logging.info("started %.1f s ago (interpreter and imports)", time.time() - started)
+    # Before anything compiles: JAX decides at the first compile whether a process uses it.
+    parallel.enable_compilation_cache(wd.compilation_cache_dir(config, workdir))
     run.run(
         mode,
         config,
         workdir,
+        started=started,
         sample_args=dict(
             captions=_CAPTIONS.value,
             text=list(_TEXT.value),

@@ -1,14 +1,34 @@
-"""Metric writers of a stage: TensorBoard events, metrics.jsonl and the console."""
+"""Metric writers of a stage: TensorBoard events, metrics.jsonl and the console; the process's
+start time, from which a stage's `startup_s` is counted."""
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any, Mapping
 
 import jax
 from clu import metric_writers
 from clu.metric_writers import interface
+
+# When this module was first imported: the process start where /proc cannot say.
+_IMPORTED_AT = time.time()
+
+
+def process_start_time() -> float:
+    """The Unix time this process started (the interpreter's start, so its imports count in
+    a start-up time). Read from /proc on Linux; elsewhere the first import of this module."""
+    try:
+        with open("/proc/self/stat") as f:
+            # Field 22, start time in clock ticks since boot; the name (field 2) may hold spaces.
+            started_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return _IMPORTED_AT
+    age = uptime - started_ticks / os.sysconf("SC_CLK_TCK")
+    return time.time() - max(age, 0.0)
 
 
 class JsonlWriter(interface.MetricWriter):

@@ -241,3 +241,30 @@ def maybe_initialize_distributed(
         initialization_timeout=initialization_timeout,
     )
     return True
+
+
+# Read by JAX itself at import; `compilation_cache_dir` (workdir.py) honours it.
+ENV_COMPILATION_CACHE = "JAX_COMPILATION_CACHE_DIR"
+
+
+def enable_compilation_cache(directory: str | None) -> None:
+    """JAX's persistent compilation cache in `directory` (None: off), for every compile that
+    follows: a process that compiles a program an earlier one compiled loads the executable
+    instead (the key holds the program, the jaxlib version, the devices and the compile
+    options, so one folder serves several machines).
+
+    Every program is cached, however small or quick to compile: on a CPU a start-up compiles
+    dozens of programs of well under JAX's default one second (initialisers, optimiser
+    set-up, checkpoint checks) that together take most of a restart."""
+    from jax.experimental.compilation_cache import compilation_cache
+
+    if directory is None:
+        jax.config.update("jax_compilation_cache_dir", None)
+    else:
+        os.makedirs(directory, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", os.path.abspath(directory))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    # JAX decides once, at the first compile, whether a process uses the cache; a process
+    # that compiled before this call decides again at its next compile.
+    compilation_cache.reset_cache()

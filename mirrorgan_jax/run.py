@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from typing import Any, Callable
 
 import jax
@@ -33,8 +34,21 @@ from mirrorgan_jax.train import backbone, damsm, gan, stream
 STAGES = ("prepare", "pretrain_damsm", "pretrain_stream", "train", "eval", "sample")
 
 
-def run(mode: str, config, workdir: str, sample_args: dict | None = None) -> None:
-    """Runs one mode (or all stages in order)."""
+# When the stage now running started, for its `startup_s` (`loop.StageSpec.started`): the
+# process start for the first mode `run` runs in a process, the mode's own start after it.
+_stage_started: list[float | None] = [None]
+
+
+def run(
+    mode: str,
+    config,
+    workdir: str,
+    sample_args: dict | None = None,
+    started: float | None = None,
+) -> None:
+    """Runs one mode (or all stages in order). started: the Unix time this process started
+    (`observability.process_start_time()`), from which the first stage's `startup_s` counts;
+    None: from the stage's own start."""
     drivers: dict[str, Callable[[], Any]] = {
         "prepare": lambda: prepare.prepare(config, workdir),
         "import_torch": lambda: import_all.import_all(config, workdir),
@@ -51,8 +65,9 @@ def run(mode: str, config, workdir: str, sample_args: dict | None = None) -> Non
     wd.check(config, workdir, modes)
     if mode in wd.TRAINING_MODES:
         wd.write_config(config, workdir)
-    for m in modes:
+    for i, m in enumerate(modes):
         logging.info("==== stage %s ====", m)
+        _stage_started[0] = started if i == 0 and started is not None else time.time()
         drivers[m]()
 
 
@@ -146,6 +161,7 @@ def _stage_spec(stage: str, workdir: str, total: int, config, loss_keys) -> loop
         meta={"model": wd.model_fingerprint(config, stage)},
         loss_keys=loss_keys,
         legacy=wd.LEGACY_LAYOUTS.get(stage, ()),
+        started=_stage_started[0],
     )
 
 

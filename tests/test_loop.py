@@ -219,3 +219,38 @@ def test_kill_9_resumes_from_the_last_good_step_with_the_same_result(tmp_path):
     assert last == total
     np.testing.assert_array_equal(np.asarray(full.w), np.asarray(resumed.w))
     assert _steps_logged(work) == list(range(2, total + 1, 2))
+
+
+def test_startup_is_logged_before_the_first_step_with_its_parts(tmp_path):
+    """`startup_s` counts from `StageSpec.started` until the first step starts; the step is
+    compiled ahead of time through its `lower`, and a resumed stage logs it again."""
+    import json
+    import time
+
+    lowered = []
+
+    def step_fn(state, batch, rng):
+        return _step(state, batch, rng)
+
+    def lower(state, batch, rng):
+        lowered.append(int(state.step))
+        return _step.lower(state, batch, rng)
+
+    step_fn.lower = lower
+    spec = _spec(tmp_path, 4)
+    spec.started = time.time() - 100.0  # as if the process had started 100 s ago
+    loop.run_stage(spec, _init, ABSTRACT, step_fn, _batches, jax.random.key(0))
+    spec.total_steps = 6
+    spec.started = None  # counted from the stage's own start
+    loop.run_stage(spec, _init, ABSTRACT, step_fn, _batches, jax.random.key(0))
+    assert lowered == [0, 4]
+    rows = [json.loads(x) for x in open(tmp_path / "metrics.jsonl")]
+    startup = [r for r in rows if "startup_s" in r]
+    assert [r["step"] for r in startup] == [0, 4]
+    parts = ("before_stage", "state", "first_batch", "compile")
+    for row in startup:
+        assert all(row[f"startup_{p}_s"] >= 0 for p in parts)
+        assert sum(row[f"startup_{p}_s"] for p in parts) <= row["startup_s"] + 1e-3
+    assert 100.0 <= startup[0]["startup_before_stage_s"] <= startup[0]["startup_s"] < 160
+    assert startup[1]["startup_s"] < 60 and startup[1]["startup_before_stage_s"] == 0
+    assert all("startup_s" not in r for r in rows if "loss" in r)

@@ -1,13 +1,20 @@
 """Device layout: global BatchNorm statistics under a sharded batch, shard_batch, replicate,
-cluster detection."""
+cluster detection, the persistent compilation cache."""
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 
 from mirrorgan_jax import parallel
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # A tiny conv + BN model and an SGD step. The 2-process test of the real training step (two
@@ -167,3 +174,47 @@ def test_detect_cluster_and_single_host_noop(monkeypatch):
         )
         is False
     )
+
+
+# Compiles a small program (well under JAX's default one-second threshold for caching) with
+# the cache in argv[1] ("off": none) and prints the cache's hits and misses.
+_COMPILE_ONCE = """
+import json, sys
+import jax, jax.numpy as jnp
+from mirrorgan_jax import parallel
+parallel.enable_compilation_cache(None if sys.argv[1] == "off" else sys.argv[1])
+counts = {"hits": 0, "misses": 0}
+def listen(event, **kwargs):
+    for name in counts:
+        if event == "/jax/compilation_cache/cache_" + name:
+            counts[name] += 1
+jax.monitoring.register_event_listener(listen)
+y = jax.jit(lambda x: jnp.tanh(x @ x.T).sum())(jnp.arange(12.0).reshape(3, 4))
+print(json.dumps({**counts, "y": float(y)}))
+"""
+
+
+def _compile_once(cache: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", _COMPILE_ONCE, cache],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_a_second_process_loads_what_the_first_compiled(tmp_path):
+    cache = tmp_path / "cache"
+    first = _compile_once(str(cache))
+    assert first["misses"] >= 1 and first["hits"] == 0
+    entries = sorted(os.listdir(cache))
+    assert entries, "nothing was written to the cache"
+    second = _compile_once(str(cache))
+    assert second["hits"] >= 1 and second["misses"] == 0
+    assert second["y"] == first["y"]
+    assert sorted(os.listdir(cache)) == entries  # nothing compiled anew
+    off = _compile_once("off")
+    assert off["hits"] == off["misses"] == 0

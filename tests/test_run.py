@@ -92,6 +92,11 @@ def test_workdir_layout(workdir):
         assert os.listdir(os.path.join(d, "checkpoints")), stage
         rows = [json.loads(x) for x in open(os.path.join(d, "metrics.jsonl"))]
         assert rows and rows[-1]["step"] == 4, stage
+        # Each stage's start-up, once, before its first step: counted from its own start here
+        # (in-process); `main` counts the first stage's from the process start.
+        startup = [r for r in rows if "startup_s" in r]
+        assert [r["step"] for r in startup] == [0], stage
+        assert startup[0]["startup_s"] >= startup[0]["startup_compile_s"] > 0, stage
         assert any(f.startswith("events.out.tfevents") for f in os.listdir(d)), stage
     gan_rows = [json.loads(x) for x in open(os.path.join(workdir, "gan", "metrics.jsonl"))]
     assert {"g/loss", "g/stream_ce", "g/kl", "d32/loss", "d64/loss", "g/grad_norm"} <= set(
@@ -293,6 +298,7 @@ def test_two_processes_train_like_one(workdir, tmp_path):
             "JAX_NUM_PROCESSES": "2",
             "JAX_PROCESS_ID": str(pid),
         }
+        env.pop("JAX_COMPILATION_CACHE_DIR", None)  # the default: W/jax_cache
         cmd = [
             sys.executable,
             "-m",
@@ -319,6 +325,14 @@ def test_two_processes_train_like_one(workdir, tmp_path):
     for p, log in zip(procs, logs, strict=True):
         assert p.returncode == 0, log[-3000:]
     assert "2 processes" in logs[0]
+
+    # `main` counts the start-up from the process start (imports included) and keeps what it
+    # compiled in W/jax_cache.
+    rows = [json.loads(x) for x in open(two / "gan" / "metrics.jsonl")]
+    startup = [r for r in rows if "startup_s" in r]
+    assert [r["step"] for r in startup] == [0]
+    assert startup[0]["startup_s"] > startup[0]["startup_before_stage_s"] > 0
+    assert os.listdir(two / "jax_cache")
 
     want = _losses_and_norms(os.path.join(workdir, "gan", "metrics.jsonl"))
     got = _losses_and_norms(two / "gan" / "metrics.jsonl")

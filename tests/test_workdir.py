@@ -1,8 +1,9 @@
 """The workdir contract: the config.json guard, GAN checkpoints in the layout from before
-the stage held one TrainState per network, and the frozen networks read alone from their
-stages' checkpoints."""
+the stage held one TrainState per network, where the compilation cache lives, and the frozen
+networks read alone from their stages' checkpoints."""
 
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -86,6 +87,18 @@ def test_gan_checkpoint_of_the_earlier_layout_restores(tmp_path):
             np.asarray(a), np.asarray(b), err_msg=jax.tree_util.keystr(path)
         )
     assert restored.generator.tx is target.generator.tx  # static fields from today's target
+
+
+def test_the_compilation_cache_is_the_workdirs_unless_told_otherwise(tmp_path, monkeypatch):
+    config = shapes.get_config("test")
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    assert wd.compilation_cache_dir(config, str(tmp_path)) == os.path.join(tmp_path, "jax_cache")
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "/shared/jax")
+    assert wd.compilation_cache_dir(config, str(tmp_path)) == "/shared/jax"
+    config.compilation_cache_dir = "~/mine"
+    assert wd.compilation_cache_dir(config, str(tmp_path)) == os.path.expanduser("~/mine")
+    config.compilation_cache_dir = "off"
+    assert wd.compilation_cache_dir(config, str(tmp_path)) is None
 
 
 def test_the_frozen_networks_are_read_alone(tmp_path):

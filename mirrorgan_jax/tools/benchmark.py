@@ -14,6 +14,10 @@ fraction reads low).
 `--conv_weight_grad=xla,matmul` measures the train step (and the breakdown) once per
 convolution weight-gradient policy (models/conv.py) in the same run and prints their ratio;
 peak RSS is the process's peak so far, so compare memory in separate runs.
+The train record's `startup_s` is the wall time from the process start until the first (warm-up)
+step starts: imports, calibration, initialisation, tracing and compiling. With
+`--compilation_cache_dir=DIR` (or $JAX_COMPILATION_CACHE_DIR) compiled programs are kept in DIR,
+so a second process reads `startup_s` with the cache warm.
 """
 
 from __future__ import annotations
@@ -36,7 +40,13 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from mirrorgan_jax import configuration, hyperparameters, networks, parallel  # noqa: E402
+from mirrorgan_jax import (  # noqa: E402
+    configuration,
+    hyperparameters,
+    networks,
+    observability,
+    parallel,
+)
 from mirrorgan_jax.data import input_pipeline, shapes, tokenizers  # noqa: E402
 from mirrorgan_jax.models import conv  # noqa: E402
 from mirrorgan_jax.networks import Networks  # noqa: E402
@@ -58,6 +68,12 @@ _CONV_WEIGHT_GRAD = flags.DEFINE_list(
     "conv_weight_grad",
     ["auto"],
     f"Convolution weight-gradient policies to measure, in order (each of {conv.POLICIES}).",
+)
+_CACHE = flags.DEFINE_string(
+    "compilation_cache_dir",
+    None,
+    "JAX's persistent compilation cache: a folder, or 'off' (default: $JAX_COMPILATION_CACHE_DIR "
+    "when set, else off).",
 )
 flags.mark_flags_as_required(["config"])
 
@@ -196,8 +212,11 @@ def bench_train(config, nets, n_words, steps, calib, rows, initial=None) -> floa
     _progress(f"train: compiled in {compile_s:.1f} s (tracing included)")
     rss_before_steps = peak_memory()["peak_rss_gb"]  # init + compile, before any step ran
     mem = compiled.memory_analysis()  # XLA's own account of the step's buffers (None if absent)
-    flops = _reference_flops(step_fn, (state, batch, rng, frozen))
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), (state, batch))
     times = []
+    # Before any wait for a timing turn, which is no part of the start-up.
+    startup_s = time.time() - observability.process_start_time()
+    _progress(f"train: ready to step {startup_s:.1f} s after the process started")
     with timing_turn():
         state, m = compiled(state, batch, rng, frozen)  # warm-up
         jax.block_until_ready(m)
@@ -208,6 +227,8 @@ def bench_train(config, nets, n_words, steps, calib, rows, initial=None) -> floa
             jax.block_until_ready(m)
             times.append(time.perf_counter() - t)
     med = statistics.median(times)
+    # Counted after the steps: its tracing is no part of the start-up.
+    flops = _reference_flops(step_fn, (*shapes, rng, frozen))
     rec = {
         "what": "train",
         "conv_weight_grad": conv.resolved_policy(),
@@ -219,6 +240,7 @@ def bench_train(config, nets, n_words, steps, calib, rows, initial=None) -> floa
         "median_s": med,
         "min_s": min(times),
         "images_per_s": b / med,
+        "startup_s": startup_s,
         "compile_s": compile_s,
         "init_s": init_s,
         "flops_per_step": flops,
@@ -451,6 +473,12 @@ def main(argv) -> None:
     del argv
     config = _CONFIG.value
     configuration.validate(config)
+    cache = _CACHE.value or os.environ.get(parallel.ENV_COMPILATION_CACHE) or "off"
+    parallel.enable_compilation_cache(None if cache == "off" else cache)
+    _progress(
+        f"imports done {time.time() - observability.process_start_time():.1f} s after the "
+        f"process started; compilation cache: {cache}"
+    )
     n_words = _N_WORDS.value or config.model.n_words or 5450
     nets = Networks.from_config(config, n_words=n_words)
     what = _WHAT.value
@@ -512,6 +540,8 @@ def main(argv) -> None:
             parts.append(f"{r['fraction_of_calibration']:.2f} of matmul FLOP/s")
         if r.get("ratio_to_train_step"):
             parts.append(f"{r['ratio_to_train_step']:.1f}x the train step's need")
+        if "startup_s" in r:
+            parts.append(f"start-up {r['startup_s']:.1f} s (compile {r['compile_s']:.1f} s)")
         if "peak_rss_gb" in r:
             parts.append(f"peak RSS {r['peak_rss_gb']:.2f} GB")
         note = "; ".join(parts)

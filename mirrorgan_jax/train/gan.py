@@ -344,10 +344,17 @@ def train_step(
 
 
 def make_train_step(nets: Networks, hyper: GanHyper, frozen: Frozen, donate: bool = True):
-    """The jitted `(state, batch, rng) -> (state, metrics)` with the frozen nets bound."""
+    """The jitted `(state, batch, rng) -> (state, metrics)` with the frozen nets bound (as
+    arguments of the program, not constants baked into it), and its `lower(state, batch, rng)`
+    for compiling ahead of time."""
     step = functools.partial(train_step, nets=nets, hyper=hyper)
     jitted = jax.jit(step, donate_argnums=(0,) if donate else ())
-    return lambda state, batch, rng: jitted(state, batch, rng, frozen)
+
+    def bound(state, batch, rng):
+        return jitted(state, batch, rng, frozen)
+
+    bound.lower = lambda state, batch, rng: jitted.lower(state, batch, rng, frozen)
+    return bound
 
 
 def generate(nets: Networks, g_variables: dict, frozen: Frozen, tokens, lengths, rng):
