@@ -32,6 +32,8 @@ def test_train_record(measured):
     assert train["what"] == "train" and train["batch"] == config.train.batch_size
     assert train["image_sizes"] == [32] and train["flops_per_step"] > 0
     assert 0 < train["min_s"] <= train["median_s"] and train["compile_s"] > 0
+    # From the process start (here pytest's) to the first step: the compile is part of it.
+    assert train["startup_s"] > train["compile_s"]
     assert train["images_per_s"] == pytest.approx(train["batch"] / train["median_s"])
     assert train["peak_rss_gb"] > 0
     assert 0 < train["peak_rss_before_steps_gb"] <= train["peak_rss_gb"]
