@@ -195,9 +195,14 @@ def _compile_first_step(spec, step_fn, state, batch, rng, startup, writer, step)
         spec.name,
         total,
         "the process started" if spec.started else "the stage started",
-        ", ".join(f"{k.removeprefix('startup_')} {v:.1f} s" for k, v in parts.items()),
+        ", ".join(f"{_part_name(k)} {v:.1f} s" for k, v in parts.items()),
     )
     writer.write_scalars(step, {"startup_s": total, **parts})
+
+
+def _part_name(key: str) -> str:
+    """'startup_first_batch_s' -> 'first batch'."""
+    return key.removeprefix("startup_").removesuffix("_s").replace("_", " ")
 
 
 def _close_input(name: str, data) -> None:
