@@ -189,7 +189,9 @@ def _run(argv: list[str]) -> None:
     started = observability.process_start_time()
     logging.info("started %.1f s ago (interpreter and imports)", time.time() - started)
     # Before anything compiles: JAX decides at the first compile whether a process uses it.
-    parallel.enable_compilation_cache(wd.compilation_cache_dir(config, workdir))
+    # Sampling and evaluation write only their outputs: the workdir's cache only when named.
+    trains = mode not in ("eval", "sample")
+    parallel.enable_compilation_cache(wd.compilation_cache_dir(config, workdir if trains else None))
     run.run(
         mode,
         config,

@@ -11,8 +11,9 @@ Layout (other tools rely on it):
                        their captions (the default captions of --mode=sample)
   W/eval/metrics.json  W/eval/shapes_classifier.npz (shapes)  W/eval/fid_reference_<split>.npz
   W/samples/           PNGs, attention maps, grid.png, index.html
-  W/jax_cache/         JAX's persistent compilation cache (unless `compilation_cache_dir` or
-                       $JAX_COMPILATION_CACHE_DIR names another folder, or "off")
+  W/jax_cache/         JAX's persistent compilation cache of the training modes (unless
+                       `compilation_cache_dir` or $JAX_COMPILATION_CACHE_DIR names another
+                       folder, or "off")
 Every checkpoint's meta holds its stage's `model_fingerprint`; restoring one written for other
 networks is refused with the differing keys.
 
@@ -88,16 +89,18 @@ def checkpoint_dir(workdir: str, stage: str) -> str:
     return os.path.join(stage_dir(workdir, stage), "checkpoints")
 
 
-def compilation_cache_dir(config, workdir: str) -> str | None:
+def compilation_cache_dir(config, workdir: str | None) -> str | None:
     """Where JAX keeps compiled programs across processes (None: nowhere), so a restart
     compiles nothing an earlier run compiled: `config.compilation_cache_dir` when it names a
-    folder, "off" for none, and when it is unset $JAX_COMPILATION_CACHE_DIR, else W/jax_cache."""
+    folder, "off" for none, and when it is unset $JAX_COMPILATION_CACHE_DIR, else W/jax_cache
+    (`workdir` None: a mode that writes only its outputs, so no cache in the workdir)."""
     value = config.compilation_cache_dir
     if value == "off":
         return None
     if value:
         return os.path.expanduser(value)
-    return os.environ.get(parallel.ENV_COMPILATION_CACHE) or os.path.join(workdir, "jax_cache")
+    default = None if workdir is None else os.path.join(workdir, "jax_cache")
+    return os.environ.get(parallel.ENV_COMPILATION_CACHE) or default
 
 
 def model_fingerprint(config, stage: str = "gan") -> dict:

@@ -93,8 +93,10 @@ def test_the_compilation_cache_is_the_workdirs_unless_told_otherwise(tmp_path, m
     config = shapes.get_config("test")
     monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
     assert wd.compilation_cache_dir(config, str(tmp_path)) == os.path.join(tmp_path, "jax_cache")
+    assert wd.compilation_cache_dir(config, None) is None  # eval, sample: not in the workdir
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "/shared/jax")
     assert wd.compilation_cache_dir(config, str(tmp_path)) == "/shared/jax"
+    assert wd.compilation_cache_dir(config, None) == "/shared/jax"
     config.compilation_cache_dir = "~/mine"
     assert wd.compilation_cache_dir(config, str(tmp_path)) == os.path.expanduser("~/mine")
     config.compilation_cache_dir = "off"
