@@ -181,22 +181,18 @@ def _run(argv: list[str]) -> None:
     # Imported once every flag and config value is known good: it brings TensorFlow, whose
     # import is most of the time a refused command would otherwise take.
     from mirrorgan_jax import observability, run
-    from mirrorgan_jax import workdir as wd
 
     if mode == "describe":
         run.describe(config, workdir)
         return
     started = observability.process_start_time()
     logging.info("started %.1f s ago (interpreter and imports)", time.time() - started)
-    # Before anything compiles: JAX decides at the first compile whether a process uses it.
-    # Sampling and evaluation write only their outputs: the workdir's cache only when named.
-    trains = mode not in ("eval", "sample")
-    parallel.enable_compilation_cache(wd.compilation_cache_dir(config, workdir if trains else None))
     run.run(
         mode,
         config,
         workdir,
         started=started,
+        compilation_cache=True,
         sample_args=dict(
             captions=_CAPTIONS.value,
             text=list(_TEXT.value),

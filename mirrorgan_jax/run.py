@@ -45,10 +45,12 @@ def run(
     workdir: str,
     sample_args: dict | None = None,
     started: float | None = None,
+    compilation_cache: bool = False,
 ) -> None:
     """Runs one mode (or all stages in order). started: the Unix time this process started
     (`observability.process_start_time()`), from which the first stage's `startup_s` counts;
-    None: from the stage's own start."""
+    None: from the stage's own start. compilation_cache: use JAX's persistent compilation cache
+    (`workdir.compilation_cache_dir`) once the workdir's checks have passed."""
     drivers: dict[str, Callable[[], Any]] = {
         "prepare": lambda: prepare.prepare(config, workdir),
         "import_torch": lambda: import_all.import_all(config, workdir),
@@ -63,8 +65,15 @@ def run(
     if unknown:
         raise ValueError(f"unknown mode {unknown[0]!r}; expected one of {(*drivers, 'all')}")
     wd.check(config, workdir, modes)
-    if mode in wd.TRAINING_MODES:
+    trains = mode in wd.TRAINING_MODES
+    if trains:
         wd.write_config(config, workdir)
+    if compilation_cache:
+        # After the checks, so that a refused run leaves the workdir as it was; the other
+        # modes write only their outputs, so their cache is never the workdir's.
+        parallel.enable_compilation_cache(
+            wd.compilation_cache_dir(config, workdir if trains else None)
+        )
     for i, m in enumerate(modes):
         logging.info("==== stage %s ====", m)
         _stage_started[0] = started if i == 0 and started is not None else time.time()

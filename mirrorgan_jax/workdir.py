@@ -11,9 +11,9 @@ Layout (other tools rely on it):
                        their captions (the default captions of --mode=sample)
   W/eval/metrics.json  W/eval/shapes_classifier.npz (shapes)  W/eval/fid_reference_<split>.npz
   W/samples/           PNGs, attention maps, grid.png, index.html
-  W/jax_cache/         JAX's persistent compilation cache of the training modes (unless
-                       `compilation_cache_dir` or $JAX_COMPILATION_CACHE_DIR names another
-                       folder, or "off")
+  W/jax_cache/         JAX's persistent compilation cache of the training modes, made once
+                       their checks pass (unless `compilation_cache_dir` or
+                       $JAX_COMPILATION_CACHE_DIR names another folder, or "off")
 Every checkpoint's meta holds its stage's `model_fingerprint`; restoring one written for other
 networks is refused with the differing keys.
 
