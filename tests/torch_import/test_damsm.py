@@ -14,8 +14,6 @@ library's own forward does not.
 
 from __future__ import annotations
 
-import os
-
 import jax
 import numpy as np
 import pytest
@@ -27,18 +25,9 @@ from mirrorgan_jax.torch_import import damsm
 from mirrorgan_jax.torch_import.common import WeightMismatchError
 from tests.parity_utils import assert_close, projections, random_state_dict
 
-REFERENCE = os.path.join(
-    os.path.dirname(__file__), "..", "testdata", "torch", "imagenet_trunks.npz"
-)
 # The seeds make_imagenet_trunks.py drew with.
 INCEPTION_SEED, PROJECTION_SEED = 11, 14
 TOL = 1e-4  # float32 through ~50 layers, two conv libraries
-
-
-@pytest.fixture(scope="module")
-def reference() -> dict[str, np.ndarray]:
-    with np.load(REFERENCE) as f:
-        return {k: f[k] for k in f.files}
 
 
 @pytest.fixture(scope="module")

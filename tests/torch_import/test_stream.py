@@ -10,8 +10,6 @@ they go through the converter into the CUB config's caption CNN
 
 from __future__ import annotations
 
-import os
-
 import jax
 import numpy as np
 import pytest
@@ -22,16 +20,7 @@ from mirrorgan_jax.torch_import import stream
 from mirrorgan_jax.torch_import.common import WeightMismatchError
 from tests.parity_utils import assert_close, random_state_dict
 
-REFERENCE = os.path.join(
-    os.path.dirname(__file__), "..", "testdata", "torch", "imagenet_trunks.npz"
-)
 RESNET_SEED = 12  # the seed make_imagenet_trunks.py drew with
-
-
-@pytest.fixture(scope="module")
-def reference() -> dict[str, np.ndarray]:
-    with np.load(REFERENCE) as f:
-        return {k: f[k] for k in f.files}
 
 
 @pytest.fixture(scope="module")
